@@ -1,0 +1,173 @@
+"""The UNet's contracts (identity at init, class conditioning, presets) and the checkpoint helpers."""
+import argparse
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import ddim
+from model import (UNet, UNetConfig, count_parameters, load_checkpoint, model_from_checkpoint,
+                   save_checkpoint)
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    return UNet(UNetConfig.preset("tiny", **{"num_classes": 2, **overrides}))
+
+
+def inputs(config, batch=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = config.image_size
+    x = torch.randn(batch, config.in_channels, s, s, generator=g)
+    return x, torch.randint(0, 1000, (batch,), generator=g), torch.randint(0, config.num_classes, (batch,), generator=g)
+
+
+def randomise_(model):
+    """Replace the zero initialisations, so that outputs are non-trivial."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_output_is_exactly_zero_at_init():
+    model = tiny()
+    x, t, y = inputs(model.config)
+    out = model(x, t, y)
+    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(x))
+
+
+def test_output_depends_on_class_after_a_few_steps():
+    """Two classes of near-constant images at +0.5 and -0.5: the optimal eps at x_t = 0 is
+    -sqrt(a(1-a)) mu_y / (a sigma^2 + 1 - a), so eps(y=1) - eps(y=0) must turn positive. (Its optimum,
+    ~0.75 at t = 300, takes long to reach: the class can also be read off x_t, so y is learned slowly.)"""
+    model = tiny(image_size=8)
+    alpha = ddim.make_schedule("linear")
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(32) % 2
+    x0 = (0.5 - y.float()).view(-1, 1, 1, 1) + 0.1 * torch.randn(32, 3, 8, 8, generator=g)
+    losses = []
+    for _ in range(20):
+        loss = ddim.loss(model, x0, y, alpha, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < sum(losses[:5])
+    model.eval()
+    with torch.no_grad():
+        x, t = torch.zeros(2, 3, 8, 8), torch.full((2,), 300)
+        eps = model(x, t, torch.tensor([0, 1]))
+    assert (eps[1] - eps[0]).mean().item() > 0.05
+
+
+def test_null_class_is_the_extra_last_embedding_row():
+    model = tiny(num_classes=5)
+    assert model.null_label == 5 and model.class_emb.num_embeddings == 6
+    x, t, _ = inputs(model.config, batch=2)
+    assert model(x, t, torch.full((2,), model.null_label)).shape == x.shape
+
+
+def test_paper_preset_size_and_layout():
+    config = UNetConfig.preset("paper", num_classes=25)
+    with torch.device("meta"):  # no memory, no time: just the shapes
+        model = UNet(config)
+    assert 63e6 <= count_parameters(model) <= 70e6, count_parameters(model)
+    assert config.image_size == 128 and {config.base_channels * m for m in config.channel_mult} == {128, 256, 512}
+    assert [len(level.blocks) for level in model.encoder] == [2, 2, 2]
+    assert [len(level.blocks) for level in model.decoder] == [3, 3, 3]
+    assert config.attn_resolutions == (128 // 2 ** (len(config.channel_mult) - 1),)  # the lowest resolution
+
+
+def test_small_and_tiny_sizes():
+    assert count_parameters(UNet(UNetConfig.preset("tiny"))) < 1e6
+    assert 1e6 < count_parameters(UNet(UNetConfig.preset("small"))) < 10e6
+
+
+@pytest.mark.parametrize("channels", [1, 5])
+def test_any_number_of_input_channels(channels):
+    model = randomise_(tiny(in_channels=channels, base_channels=24))  # 24: GroupNorm groups must divide it
+    x, t, y = inputs(model.config, batch=2)
+    out = model(x, t, y)
+    assert out.shape == x.shape and out.abs().mean() > 0
+
+
+def test_channels_last_gives_the_same_output():
+    model = randomise_(tiny()).eval()
+    x, t, y = inputs(model.config)
+    with torch.no_grad():
+        ref = model(x, t, y)
+        out = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last), t, y)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_configs_and_inputs_raise_value_errors():
+    with pytest.raises(ValueError, match="paper, small, tiny"):
+        UNetConfig.preset("huge")
+    with pytest.raises(ValueError, match="base_chanels"):
+        UNetConfig.preset("tiny", base_chanels=8)
+    with pytest.raises(ValueError, match="image_size 30"):
+        UNetConfig.preset("tiny", image_size=30)
+    with pytest.raises(ValueError, match="attn_resolutions"):
+        UNetConfig.preset("tiny", attn_resolutions=(5,))
+    model = tiny()
+    with pytest.raises(ValueError, match="3 channels"):
+        model(torch.zeros(1, 4, 32, 32), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def make_checkpoint(model):
+    return dict(version=1, config=dataclasses.asdict(model.config), classes=["DMSO", "drug"],
+                channels=["actin", "tubulin", "DNA"], schedule={"name": "linear", "T": 1000},
+                normalization={"low": [0.0] * 3, "high": [1.0] * 3}, model=model.state_dict(),
+                ema={k: v + 0.01 for k, v in model.state_dict().items()}, optimizer={}, step=7,
+                rng={"torch": torch.get_rng_state()}, args={"lr": 1e-3})
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = randomise_(tiny())
+    path = tmp_path / "run" / "ckpt.pt"
+    save_checkpoint(make_checkpoint(model), path)
+    assert os.listdir(path.parent) == ["ckpt.pt"]  # no temp file left behind
+    torch.load(path, weights_only=True)  # plain types and tensors only
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 7 and ckpt["classes"] == ["DMSO", "drug"]
+    raw, ema = model_from_checkpoint(ckpt, ema=False), model_from_checkpoint(ckpt)
+    assert not raw.training and raw.config == model.config
+    x, t, y = inputs(model.config)
+    with torch.no_grad():
+        torch.testing.assert_close(raw(x, t, y), model(x, t, y), rtol=0, atol=0)
+    assert torch.equal(ema.conv_out.weight, model.conv_out.weight + 0.01)
+
+
+def test_failed_save_keeps_the_old_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"version": 1}, path)
+    with pytest.raises(Exception):
+        save_checkpoint({"version": 1, "bad": lambda: 0}, path)  # lambdas do not pickle
+    assert os.listdir(tmp_path) == ["ckpt.pt"] and torch.load(path, weights_only=True) == {"version": 1}
+
+
+def test_bad_checkpoint_files_raise_one_line_value_errors(tmp_path):
+    model = tiny()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    plain = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), plain)
+    future = tmp_path / "future.pt"
+    torch.save({**make_checkpoint(model), "version": 2}, future)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"version": 1, "args": argparse.Namespace(lr=1e-3)}, pickled)  # weights_only refuses objects
+    partial = tmp_path / "partial.pt"
+    torch.save({"version": 1, "model": {}}, partial)
+    cases = [(tmp_path / "missing.pt", "no such file"), (text, "cannot be read"),
+             (pickled, "cannot be read"),
+             (plain, "not a phendiff checkpoint"), (future, "version 2"), (partial, "missing entries")]
+    for path, reason in cases:
+        with pytest.raises(ValueError, match=reason) as err:
+            load_checkpoint(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,209 @@
+"""PhenDiff translation against the Gaussian oracle, and the command line on a tiny checkpoint."""
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+import ddim
+import model as model_lib
+import phendiff
+
+# ---------------------------------------------------------------------------------------------
+# the method, with an analytic eps-model: class y is N(mu_y, sigma_y^2 I)
+
+
+class GaussianOracle:
+    """The optimal eps for Gaussian classes: sqrt(1-a)(x - sqrt(a) mu) / (a sigma^2 + 1 - a)."""
+
+    def __init__(self, mu, sigma, alpha):
+        self.mu, self.sigma, self.alpha, self.null_label = mu, sigma, alpha, None
+
+    def __call__(self, x, t, y):
+        a = self.alpha[t].view(-1, 1, 1, 1).to(x.dtype)
+        mu, s = self.mu[y], self.sigma[y].view(-1, 1, 1, 1)
+        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s ** 2 + 1 - a)
+
+
+@pytest.fixture
+def oracle():
+    g = torch.Generator().manual_seed(0)
+    alpha = ddim.make_schedule("linear")
+    mu = torch.randn(3, 2, 8, 8, generator=g, dtype=torch.float64) * 0.5
+    sigma = torch.tensor([0.3, 0.6, 0.15], dtype=torch.float64)
+    return GaussianOracle(mu, sigma, alpha), alpha, g
+
+
+def test_translate_matches_closed_form(oracle):
+    net, alpha, g = oracle
+    x = net.mu[0] + net.sigma[0] * torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64)
+    for target in (1, 2):
+        expected = net.mu[target] + net.sigma[target] / net.sigma[0] * (x - net.mu[0])
+        got = phendiff.translate(net, x, 0, target, alpha, 1000)
+        rel = (got - expected).norm() / expected.norm()
+        assert rel < 0.02, (target, rel)
+        # translating with the wrong source class must not give the same answer
+        wrong = phendiff.translate(net, x, 1, target, alpha, 1000)
+        assert (wrong - expected).norm() / expected.norm() > 0.1
+
+
+def test_translate_many_shares_one_inversion(oracle):
+    net, alpha, g = oracle
+    x = net.mu[0] + net.sigma[0] * torch.randn(3, 2, 8, 8, generator=g, dtype=torch.float64)
+    calls = []
+    counting = lambda x, t, y: calls.append(1) or net(x, t, y)  # noqa: E731
+    many = phendiff.translate_many(counting, x, 0, [1, 2], alpha, 20)
+    assert len(calls) == 3 * 20  # one inversion + two samplings, 20 model calls each
+    for i, target in enumerate((1, 2)):
+        torch.testing.assert_close(many[i], phendiff.translate(net, x, 0, target, alpha, 20))
+
+
+def test_reconstruct_exact_beats_plain(oracle):
+    net, alpha, g = oracle
+    x = net.mu[1] + net.sigma[1] * torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64)
+    plain = (phendiff.reconstruct(net, x, 1, alpha, 10) - x).norm()
+    exact = (phendiff.reconstruct(net, x, 1, alpha, 10, fixed_point_iters=20) - x).norm()
+    assert exact < plain / 100
+
+
+def test_dose_series_order_and_difference_map(oracle):
+    net, alpha, g = oracle
+    classes = ["DMSO", "taxol_3uM", "taxol_0.1uM"]  # stored out of dose order on purpose
+    x = net.mu[0] + net.sigma[0] * torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64)
+    names, series = phendiff.dose_series(net, x, 0, classes, "taxol", alpha, 50)
+    assert names == ["taxol_0.1uM", "taxol_3uM"]
+    torch.testing.assert_close(series[0], phendiff.translate(net, x, 0, 2, alpha, 50))
+    with pytest.raises(ValueError, match="unknown compound 'nocodazole'.*taxol"):
+        phendiff.dose_series(net, x, 0, classes, "nocodazole", alpha, 50)
+    d = phendiff.difference_map(x, x + 0.5)
+    assert d.shape == (2, 8, 8) and torch.allclose(d, torch.full_like(d, 0.25))
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line on a tiny random checkpoint
+
+CLASSES = ["DMSO", "latrunculin_b_1uM", "latrunculin_b_3uM"]
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    cfg = model_lib.UNetConfig.preset("tiny", image_size=16, num_classes=len(CLASSES))
+    net = model_lib.UNet(cfg)
+    with torch.no_grad():  # leave the zero initialisation so the translation is not the identity
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    path = tmp_path / "tiny.pt"
+    model_lib.save_checkpoint({
+        "version": 1, "config": vars(cfg), "classes": CLASSES, "channels": ["actin", "tubulin", "DNA"],
+        "schedule": {"name": "linear", "T": 1000}, "normalization": {"low": [0.0] * 3, "high": [1.0] * 3},
+        "model": net.state_dict(), "ema": net.state_dict(), "step": 0}, path)
+    return path
+
+
+def write_images(folder, n=3, size=16, channels=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(0, 255, (size, size, channels), dtype=np.uint8)
+        Image.fromarray(img.squeeze()).save(folder / f"cell_{i}.png")
+    return folder
+
+
+def run(argv):
+    with pytest.raises(SystemExit) as e:
+        phendiff.main(argv)
+    return str(e.value.code)
+
+
+def test_cli_writes_translations(ckpt, tmp_path):
+    inp = write_images(tmp_path / "in")
+    (inp / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="notes.txt"):
+        phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO",
+                       "--target", "latrunculin_b", "--steps", "5", "--out", str(out)])  # = its 2 doses
+    for t in ("latrunculin_b_1uM", "latrunculin_b_3uM"):
+        assert sorted(p.name for p in (out / t).iterdir()) == ["cell_0.png", "cell_1.png", "cell_2.png"]
+        arr = np.load(out / f"{t}.npy")
+        assert arr.shape == (3, 3, 16, 16) and np.isfinite(arr).all()
+    assert (out / "grid.png").stat().st_size > 0
+    assert (out / "files.txt").read_text().split() == ["cell_0.png", "cell_1.png", "cell_2.png"]
+    # the PNG holds the same translation as the .npy (identity normalisation: raw = display scale)
+    png = np.asarray(Image.open(out / "latrunculin_b_3uM" / "cell_1.png")) / 255
+    assert np.abs(png.transpose(2, 0, 1) - np.load(out / "latrunculin_b_3uM.npy")[1].clip(0, 1)).max() < 1 / 255 + 1e-6
+    # deterministic: a second run gives the same numbers
+    out2 = tmp_path / "out2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO",
+                       "--target", "latrunculin_b_3uM", "--steps", "5", "--out", str(out2)])
+    np.testing.assert_array_equal(np.load(out2 / "latrunculin_b_3uM.npy"), np.load(out / "latrunculin_b_3uM.npy"))
+
+
+def test_cli_bad_input(ckpt, tmp_path):
+    inp = write_images(tmp_path / "in")
+    base = ["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO", "--steps", "2"]
+    msg = run(base + ["--target", "taxol", "--out", str(tmp_path / "o1")])
+    assert "unknown class 'taxol'" in msg and "latrunculin_b_3uM" in msg and "\n" not in msg
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.png").write_bytes(b"not a png at all")
+    msg = run(["translate", "--ckpt", str(ckpt), "--input", str(bad), "--source", "DMSO",
+               "--target", "DMSO", "--out", str(tmp_path / "o2")])
+    assert "broken.png" in msg
+
+    grey = write_images(tmp_path / "grey", channels=1)
+    msg = run(["translate", "--ckpt", str(ckpt), "--input", str(grey), "--source", "DMSO",
+               "--target", "DMSO", "--out", str(tmp_path / "o3")])
+    assert "1 channels" in msg and "3" in msg
+
+    msg = run(base + ["--target", "DMSO", "--out", str(inp / "sub")])
+    assert "inside an input folder" in msg
+
+    not_ckpt = tmp_path / "x.pt"
+    torch.save({"hello": 1}, not_ckpt)
+    msg = run(["translate", "--ckpt", str(not_ckpt), "--input", str(inp), "--source", "DMSO",
+               "--target", "DMSO", "--out", str(tmp_path / "o4")])
+    assert "x.pt" in msg and "not a phendiff checkpoint" in msg
+
+
+def test_cli_other_sizes_are_cropped_with_a_warning(ckpt, tmp_path):
+    inp = write_images(tmp_path / "big", n=1, size=24)
+    with pytest.warns(UserWarning, match="centre-cropped"):
+        phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp / "cell_0.png"), "--source",
+                       "DMSO", "--target", "DMSO", "--steps", "2", "--out", str(tmp_path / "o")])
+    assert np.load(tmp_path / "o" / "DMSO.npy").shape == (1, 3, 16, 16)
+
+
+def test_export_drops_optimizer_state(ckpt, tmp_path):
+    full = model_lib.load_checkpoint(ckpt)
+    full["optimizer"] = {"state": {}, "param_groups": []}
+    model_lib.save_checkpoint(full, tmp_path / "full.pt")
+    phendiff.main(["export", "--ckpt", str(tmp_path / "full.pt"), "--out", str(tmp_path / "slim.pt")])
+    slim = model_lib.load_checkpoint(tmp_path / "slim.pt")
+    assert "optimizer" not in slim and slim["classes"] == CLASSES
+    x = torch.zeros(1, 3, 16, 16)
+    t, y = torch.tensor([10]), torch.tensor([1])
+    torch.testing.assert_close(model_lib.model_from_checkpoint(slim)(x, t, y),
+                               model_lib.model_from_checkpoint(full)(x, t, y))
+
+
+def test_demo_micro_writes_every_artefact(tmp_path):
+    """The demo end to end at a micro setting: a 2-step model trained by the recorded command."""
+    out = tmp_path / "demo"
+    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--steps", "3", "--n-recon", "2",
+                   "--workers", "1", "--train-args",
+                   "--steps 2 --n-per-class 2 --base-channels 16 --sample-every 0 --log-every 1"])
+    assert (out / "train" / "last.pt").exists()
+    for name in ("dose_series.png", "translation.png", "dose_response.png", "fig4_correlations.png"):
+        assert (out / name).stat().st_size > 1000, name
+    report = (out / "report.md").read_text()
+    for needle in ("Latrunculin B", "Spearman", "median Pearson r", "plain eq. 6", "exact (5 fixed-point",
+                   "![](dose_series.png)"):
+        assert needle in report, needle
+    assert len(re.findall(r"\| (PASS|FAIL) \|", report)) == 2  # both targets judged, whatever the verdict
