@@ -212,8 +212,8 @@ DEMO_CKPT = HERE / "checkpoints" / "demo.pt"
 DEMO_PRESETS = {
     "cpu": ("--data synthetic --kind bbbc021 --n-per-class 400 --image-size 32 --preset tiny "
             "--base-channels 32 --channel-mult 1,2,2 --num-res-blocks 1 --attn-res 8 "
-            "--batch-size 32 --lr 1e-3 --warmup 100 --steps 12000 --ema-decay 0.999 "
-            "--ckpt-every 2000 --sample-every 4000 --seed 0"),
+            "--batch-size 32 --lr 1e-3 --warmup 100 --steps 6000 --ema-decay 0.999 "
+            "--ckpt-every 1000 --sample-every 2000 --seed 0"),
     "gpu": ("--data synthetic --kind bbbc021 --n-per-class 1000 --image-size 64 --preset small "
             "--batch-size 64 --lr 2e-4 --warmup 500 --steps 40000 --ema-decay 0.9995 "
             "--ckpt-every 5000 --sample-every 5000 --seed 0"),
@@ -315,6 +315,8 @@ def write_report(out, ckpt_path, ckpt, args, n_inputs, recon, groups, varying, r
                   "| µM | real | translated |", "|---|---|---|"]
         lines += [f"| {c:g} | {a:.4f} | {b:.4f} |" for c, a, b in
                   zip(conc[lat], curve["real", lat][ACTIN], curve["translated", lat][ACTIN])]
+        lines += ["", "Spearman ρ with concentration: real " + ", translated ".join(
+            f"{spearman(conc[lat], curve[src, lat][ACTIN]):.2f}" for src in ("real", "translated")) + "."]
     lines += ["", "## Reconstruction error (the paper's Table 2)", "",
               f"{len(next(iter(recon.values()))['l2'])} held-out images of all classes, inverted and regenerated "
               f"under their own class with {args.steps} DDIM steps. L2: per-image Euclidean distance in model "
