@@ -138,13 +138,18 @@ def save_png(img, path):
     Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
 
 
-def save_grid(x, outputs, path, title, n=8):
-    """The paper's Fig. 1 layout for up to n images: input | (translated, difference) per target.
-    outputs: {target name: (B, C, H, W)}. Differences share one symmetric colour scale."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported when first drawn."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def save_grid(x, outputs, path, title, n=8):
+    """The paper's Fig. 1 layout for up to n images: input | (translated, difference) per target.
+    outputs: {target name: (B, C, H, W)}. Differences share one symmetric colour scale."""
+    plt = pyplot()
     x = x[:n]
     diffs = {k: difference_map(x, v[:n]).cpu().numpy() for k, v in outputs.items()}
     lim = max(max(float(np.abs(d).max()) for d in diffs.values()), 1e-3)
@@ -240,10 +245,7 @@ def train_demo_model(out, preset, extra):
 
 def dose_figure(x, series, path, n=2):
     """The paper's Fig. 3: a row per compound, its concentrations left to right, the input at left."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [(k, i) for i in range(min(n, len(x))) for k in series]
     cols = 1 + max(len(v[0]) for v in series.values())
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.45 * len(rows)), squeeze=False)
@@ -266,10 +268,7 @@ def dose_figure(x, series, path, n=2):
 def plot_dose_response(conc, curve, path):
     """Per compound, real vs translated per-concentration means of one feature: actin for
     Latrunculin B, otherwise the feature whose real means follow dose most closely."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(conc), figsize=(3.6 * len(conc), 3), squeeze=False)
     for ax, (k, c) in zip(axes[0], conc.items()):
         real = curve["real", k]
