@@ -597,7 +597,8 @@ def _write_csv(path, header, rows):
     print(f"wrote {path}")
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported when first drawn."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -607,7 +608,7 @@ def _plt():
 def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    _plt().close(fig)
+    pyplot().close(fig)
     print(f"wrote {path}")
 
 
@@ -650,7 +651,7 @@ def cmd_table1(a):
     out = _out_dir(a.out, a.real, a.fake)
     _write_csv(out / "table1.csv", ["class", "n_real", "n_translated", "fid"],
                rows + [["mean", sum(r[1] for r in rows), sum(r[2] for r in rows), float(np.mean([r[3] for r in rows]))]])
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(rows) + 2), 3.5))
     ax.bar(range(len(rows)), [r[3] for r in rows])
     ax.set_xticks(range(len(rows)), common, rotation=90, fontsize=7)
@@ -687,7 +688,7 @@ def cmd_recon(a):
     _write_csv(out / "recon.csv", ["inversion", "fixed_point_iters", "steps", "n", "l2_mean", "l2_std",
                                    "mse_mean", "psnr_mean", "psnr_std"], rows)
     _write_csv(out / "recon_per_image.csv", ["inversion", "index", "class", "l2", "mse", "psnr"], per_image)
-    plt = _plt()
+    plt = pyplot()
     k = min(8, len(x))
     fig, axes = plt.subplots(3, k, figsize=(1.5 * k, 4.8), squeeze=False)
     for r, (title, imgs) in enumerate((("real", x), ("plain", recs["plain"]), ("exact", recs["exact"]))):
@@ -718,7 +719,7 @@ def dose_response(real, fake, workers=1, **feature_kw):
 
 def plot_fig4(r, groups, path):
     """One histogram per compound of the per-feature r, real vs translated, across concentrations."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(3.5 * len(groups), 3), squeeze=False)
     for ax, (k, rk) in zip(axes[0], r.items()):
         v = np.array(list(rk.values()))
@@ -770,7 +771,7 @@ def cmd_ttest(a):
     out = _out_dir(a.out, a.real, a.fake)
     _write_csv(out / "ttest.csv", ["source", "feature", "class_a", "class_b", "n_a", "n_b", "mean_a", "mean_b",
                                    "t", "p"], rows)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.4 * len(boxes) + 1, 3.5))
     ax.boxplot([v for _, v in boxes])
     ax.set_xticks(range(1, len(boxes) + 1), [n for n, _ in boxes], fontsize=7)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import data
 import ddim
+import eval as ev  # the analyses' library functions (features, Fig. 4, plotting), not its command line
 import model as model_lib
 
 # -----------------------------------------------------------------------------
@@ -138,18 +139,10 @@ def save_png(img, path):
     Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported when first drawn."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def save_grid(x, outputs, path, title, n=8):
     """The paper's Fig. 1 layout for up to n images: input | (translated, difference) per target.
     outputs: {target name: (B, C, H, W)}. Differences share one symmetric colour scale."""
-    plt = pyplot()
+    plt = ev.pyplot()
     x = x[:n]
     diffs = {k: difference_map(x, v[:n]).cpu().numpy() for k, v in outputs.items()}
     lim = max(max(float(np.abs(d).max()) for d in diffs.values()), 1e-3)
@@ -245,7 +238,7 @@ def train_demo_model(out, preset, extra):
 
 def dose_figure(x, series, path, n=2):
     """The paper's Fig. 3: a row per compound, its concentrations left to right, the input at left."""
-    plt = pyplot()
+    plt = ev.pyplot()
     rows = [(k, i) for i in range(min(n, len(x))) for k in series]
     cols = 1 + max(len(v[0]) for v in series.values())
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.45 * len(rows)), squeeze=False)
@@ -268,7 +261,7 @@ def dose_figure(x, series, path, n=2):
 def plot_dose_response(conc, curve, path):
     """Per compound, real vs translated per-concentration means of one feature: actin for
     Latrunculin B, otherwise the feature whose real means follow dose most closely."""
-    plt = pyplot()
+    plt = ev.pyplot()
     fig, axes = plt.subplots(1, len(conc), figsize=(3.6 * len(conc), 3), squeeze=False)
     for ax, (k, c) in zip(axes[0], conc.items()):
         real = curve["real", k]
@@ -314,8 +307,8 @@ def write_report(out, ckpt_path, ckpt, args, n_inputs, recon, groups, varying, r
                   "| µM | real | translated |", "|---|---|---|"]
         lines += [f"| {c:g} | {a:.4f} | {b:.4f} |" for c, a, b in
                   zip(conc[lat], curve["real", lat][ACTIN], curve["translated", lat][ACTIN])]
-        lines += ["", "Spearman ρ with concentration: real " + ", translated ".join(
-            f"{spearman(conc[lat], curve[src, lat][ACTIN]):.2f}" for src in ("real", "translated")) + "."]
+        rho_real, rho_fake = (spearman(conc[lat], curve[src, lat][ACTIN]) for src in ("real", "translated"))
+        lines += ["", f"Spearman ρ with concentration: real {rho_real:.2f}, translated {rho_fake:.2f}."]
     lines += ["", "## Reconstruction error (the paper's Table 2)", "",
               f"{len(next(iter(recon.values()))['l2'])} held-out images of all classes, inverted and regenerated "
               f"under their own class with {args.steps} DDIM steps. L2: per-image Euclidean distance in model "
@@ -332,8 +325,6 @@ def write_report(out, ckpt_path, ckpt, args, n_inputs, recon, groups, varying, r
 
 
 def cmd_demo(args):
-    import eval as ev  # the analyses' library functions, not its command line
-
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
