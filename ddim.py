@@ -3,7 +3,9 @@
 Notation follows the paper: alpha[t] = prod_{i<=t} (1 - beta_i) (DDPM's alpha-bar), integer
 timesteps t in [0, T), so x_t = sqrt(alpha[t]) x_0 + sqrt(1 - alpha[t]) eps. The clean image sits
 at alpha = 1, one step before t = 0. Every function takes any eps-model `model(x_t, t, y) -> eps`
-(t, y LongTensor (B,)), so an analytic oracle can stand in for the network in tests.
+(t, y LongTensor (B,)), so an analytic oracle can stand in for the network in tests. A model whose
+`prediction` attribute is "v" outputs v = sqrt(a) eps - sqrt(1 - a) x_0 instead (Salimans & Ho 2022);
+`eps_from_v` converts, so eq. 5 and 6 always see eps.
 
 PhenDiff translation is two calls: `invert` under the source label, then `sample` under the target.
 """
@@ -42,8 +44,24 @@ def timesteps(num_steps, T):
     return (torch.floor(i * T / num_steps + 0.5) - 1).long()
 
 
+def prediction(model):
+    """"eps" or "v": what `model` outputs (through a DDP wrapper too; plain functions are eps-models)."""
+    return getattr(getattr(model, "module", model), "prediction", "eps")
+
+
+def eps_from_v(v, x_t, a):
+    """eps = sqrt(1 - a) x_t + sqrt(a) v at level a, for a v-model.
+
+    Why v: near t = T - 1, x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a) turns a 0.3 % error in eps into 0.5
+    in x_0, and eq. 4 barely penalises it, so a small eps-model never learns what the label does at
+    high noise, where a translation decides cell counts and intensities. A v-model's
+    x_0 = sqrt(a) x_t - sqrt(1 - a) v stays bounded, and its loss weighs those levels."""
+    return math.sqrt(1 - a) * x_t + math.sqrt(a) * v
+
+
 def loss(model, x0, y, alpha, generator=None):
     """eq. 4: MSE between the true noise and the model's prediction at a uniformly drawn timestep.
+    A v-model's target is v = sqrt(a) eps - sqrt(1 - a) x_0 (its eps-MSE weighted by 1 / a).
 
     `generator` (on x0's device) makes t and eps reproducible; label dropout for guidance is the caller's.
     """
@@ -52,7 +70,8 @@ def loss(model, x0, y, alpha, generator=None):
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     a = alpha.to(x0.device)[t].view(B, 1, 1, 1)  # float64, cast to x0's dtype below
     x_t = a.sqrt().to(x0.dtype) * x0 + (1 - a).sqrt().to(x0.dtype) * eps  # eq. 4
-    return (model(x_t, t, y).float() - eps.float()).pow(2).mean()
+    target = eps if prediction(model) == "eps" else a.sqrt().to(x0.dtype) * eps - (1 - a).sqrt().to(x0.dtype) * x0
+    return (model(x_t, t, y).float() - target.float()).pow(2).mean()
 
 
 def ddim_step(x_t, eps, alpha_t, alpha_prev):
@@ -81,22 +100,24 @@ def ddim_invert_step(x_t, eps, alpha_t, alpha_next):
     return c_x * x_t + c_eps * eps  # eq. 6
 
 
-def predict_eps(model, x, t, y, guidance=0.0, null_label=None):
-    """eps at integer timestep t for labels y; with guidance w: (1 + w) eps(y) - w eps(null).
+def predict_eps(model, x, t, y, alpha, guidance=0.0, null_label=None):
+    """eps at integer timestep t (of the schedule alpha) for labels y; with guidance w:
+    (1 + w) eps(y) - w eps(null).
 
     Guidance evaluates both branches in one batched call of size 2B; w = 0 is the paper (one call of B).
     """
-    B = x.shape[0]
+    B, a = x.shape[0], alpha[int(t)].item()
+    net = model if prediction(model) == "eps" else lambda x, t, y: eps_from_v(model(x, t, y), x, a)
     t = torch.full((B,), int(t), dtype=torch.long, device=x.device)
     y = torch.as_tensor(y, dtype=torch.long, device=x.device).expand(B)
     if guidance == 0:
-        return model(x, t, y)
+        return net(x, t, y)
     if null_label is None:
         null_label = getattr(model, "null_label", None)
     if null_label is None:
         raise ValueError(f"guidance {guidance} needs null_label (the UNet's model.null_label)")
     labels = torch.cat([y, torch.full_like(y, null_label)])
-    eps_y, eps_null = model(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)  # 2 x (B, C, H, W)
+    eps_y, eps_null = net(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)  # 2 x (B, C, H, W)
     return (1 + guidance) * eps_y - guidance * eps_null
 
 
@@ -133,7 +154,7 @@ def sample(model, x_T, y, alpha, num_steps, guidance=0.0, null_label=None, progr
     levels = [1.0] + [alpha[t].item() for t in ts]  # levels[i] = alpha at t_i, levels[0] = clean
     x = x_T
     for i in _steps(range(num_steps, 0, -1), progress):  # t_n first
-        eps = predict_eps(model, x, ts[i - 1], y, guidance, null_label)
+        eps = predict_eps(model, x, ts[i - 1], y, alpha, guidance, null_label)
         if clip:
             eps = clip_eps(x, eps, levels[i])
         x = ddim_step(x, eps, levels[i], levels[i - 1])  # eq. 5
@@ -153,10 +174,10 @@ def invert(model, x_0, y, alpha, num_steps, fixed_point_iters=0, guidance=0.0, n
     x = x_0
     for i in _steps(range(num_steps), progress):
         t_cur = ts[max(i - 1, 0)]  # the clean image has no timestep: use t_1 for the first step
-        eps = predict_eps(model, x, t_cur, y, guidance, null_label)
+        eps = predict_eps(model, x, t_cur, y, alpha, guidance, null_label)
         x_next = ddim_invert_step(x, eps, levels[i], levels[i + 1])  # eq. 6
         for _ in range(fixed_point_iters):
-            eps = predict_eps(model, x_next, ts[i], y, guidance, null_label)
+            eps = predict_eps(model, x_next, ts[i], y, alpha, guidance, null_label)
             x_next = ddim_invert_step(x, eps, levels[i], levels[i + 1])  # eq. 6 with eps at the far end
         x = x_next
     return x

@@ -2,8 +2,9 @@
 
 Read top-down: embeddings, the two building blocks (ResBlock, SelfAttention), the
 resamplers, the assembled UNet, then checkpoints and a small benchmark command.
-The network is `model(x_t, t, y) -> eps`; class y is embedded and added to the time
-embedding, and index `num_classes` is the reserved null class for classifier-free guidance.
+The network is `model(x_t, t, y) -> eps` (or -> v with `prediction="v"`, which ddim.py turns
+into eps); class y is embedded and added to the time embedding, and index `num_classes` is the
+reserved null class for classifier-free guidance.
 """
 import argparse
 import dataclasses
@@ -33,6 +34,7 @@ class UNetConfig:
     num_classes: int = 25               # real classes; index num_classes is the null class
     dropout: float = 0.0
     head_channels: int = 64             # channels per attention head (at least one head)
+    prediction: str = "eps"             # what the output means: "eps" (the paper) or "v" (ddim.eps_from)
 
     def __post_init__(self):
         self.channel_mult, self.attn_resolutions = tuple(self.channel_mult), tuple(self.attn_resolutions)
@@ -45,6 +47,8 @@ class UNetConfig:
             raise ValueError(f"attn_resolutions {self.attn_resolutions} must be among the feature sizes {sizes}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes {self.num_classes} must be at least 1")
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"prediction {self.prediction!r} must be 'eps' (the paper) or 'v'")
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -176,6 +180,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = c = config
         self.null_label = c.num_classes
+        self.prediction = c.prediction  # read by ddim, which turns a v output into eps
         ch, emb_dim = c.base_channels, 4 * c.base_channels
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(c.num_classes + 1, emb_dim)  # last row: the null class
@@ -210,11 +215,11 @@ class UNet(nn.Module):
             self.decoder.append(Level(blocks, Upsample(ch) if i > 0 else None))
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
         self.conv_out = nn.Conv2d(ch, c.in_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)  # the model predicts eps = 0 at init
+        nn.init.zeros_(self.conv_out.weight)  # the model predicts eps = 0 (or v = 0) at init
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x, t, y):
-        """x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) labels -> predicted noise (B, C, H, W)."""
+        """x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) labels -> predicted eps (or v) (B, C, H, W)."""
         factor = 2 ** (len(self.config.channel_mult) - 1)
         if x.shape[1] != self.config.in_channels or x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(f"input of shape {tuple(x.shape)}: need {self.config.in_channels} channels "

@@ -63,6 +63,8 @@ def get_parser():
     a("--attn-res", type=comma_list(int), help="override the feature sizes with attention, e.g. 8 ('' = none)")
     a("--dropout", type=float, help="override the preset's dropout")
     a("--schedule", default="linear", choices=ddim.SCHEDULES, help="noise schedule (%(default)s)")
+    a("--prediction", default="eps", choices=["eps", "v"],
+      help="network output: eps (%(default)s, the paper) or v, which small models need (ddim.eps_from_v)")
     # optimisation
     a("--steps", type=int, default=2000, help="optimizer steps in total (%(default)s)")
     a("--batch-size", type=int, default=32, help="images per process per micro-step (%(default)s)")
@@ -210,7 +212,7 @@ def train(args, ckpt, ddp, rank, local_rank, world, device):
 
     # ---- model, EMA, optimizer
     overrides = dict(base_channels=args.base_channels, channel_mult=args.channel_mult, dropout=args.dropout,
-                     num_res_blocks=args.num_res_blocks, attn_resolutions=args.attn_res)
+                     num_res_blocks=args.num_res_blocks, attn_resolutions=args.attn_res, prediction=args.prediction)
     try:
         config = UNetConfig.preset(args.preset, image_size=size, in_channels=C, num_classes=len(ds.classes),
                                    **{k: v for k, v in overrides.items() if v is not None})
@@ -294,7 +296,7 @@ def train(args, ckpt, ddp, rank, local_rank, world, device):
             writer.writerows(log_rows)
         global_batch = args.batch_size * world * args.grad_accum
         print(f"data {args.data}: {len(ds)} images, {K} classes, {C}x{H}x{W} | UNet {args.preset}: "
-              f"{count_parameters(raw) / 1e6:.2f}M parameters | {device}, {'bf16' if cuda else 'fp32'}")
+              f"{count_parameters(raw) / 1e6:.2f}M parameters, {config.prediction}-prediction | {device}, {'bf16' if cuda else 'fp32'}")
         print(f"global batch {global_batch} = {args.batch_size} per process x {world} processes x "
               f"{args.grad_accum} accumulation | at step {step} of {args.steps}")
 

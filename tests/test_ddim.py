@@ -196,6 +196,59 @@ def test_exact_inversion_round_trip_is_100x_better_at_20_steps():
     assert few < 1e-4  # independent of the step count
 
 
+# ------------------------------------------------------------------ v-prediction: the same method, another output
+
+class VOracle(GaussianOracle):
+    """The same optimal model, outputting v = sqrt(a) eps - sqrt(1 - a) x_0 = (eps - sqrt(1 - a) x_t) / sqrt(a)."""
+    prediction = "v"
+
+    def __call__(self, x, t, y):
+        a = self.alpha[t].view(-1, 1, 1, 1).to(x.dtype)
+        return (super().__call__(x, t, y) - (1 - a).sqrt() * x) / a.sqrt()
+
+
+def test_v_model_translates_like_the_eps_model():
+    """eq. 5 and 6 see eps whatever the network outputs: the v-oracle gives the eps-oracle's translation."""
+    mu, sigma = image_like_means(8), torch.tensor([0.3, 0.5, 1.0])
+    eps_model, v_model = GaussianOracle(mu, sigma), VOracle(mu, sigma)
+    x = (mu[0] + sigma[0] * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))).double()
+    y_a, y_b = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    for m in (eps_model, v_model):
+        m.latent = ddim.invert(m, x, y_a, ALPHA, 50)
+        m.out = ddim.sample(m, m.latent, y_b, ALPHA, 50, guidance=1.5, null_label=2)
+    torch.testing.assert_close(v_model.latent, eps_model.latent)
+    torch.testing.assert_close(v_model.out, eps_model.out)
+    assert rms(v_model.out - eps_model.out) < 1e-9  # float64 all the way: the conversion is exact
+    assert rms(ddim.sample(eps_model, v_model.latent, y_b, ALPHA, 50) - x) > 0.1  # and the label mattered
+
+
+def test_v_loss_targets_v_and_sees_through_a_wrapper():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4000, 1, 2, 2, generator=g)
+    y = torch.zeros(4000, dtype=torch.long)
+
+    class Cheat(torch.nn.Module):
+        """Knows x0, so it outputs the exact eps or v; `prediction` is what it claims to output."""
+        def __init__(self, outputs, claims):
+            super().__init__()
+            self.outputs, self.prediction = outputs, claims
+
+        def forward(self, x_t, t, y):
+            a = ALPHA[t].view(-1, 1, 1, 1).float()
+            eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+            return a.sqrt() * eps - (1 - a).sqrt() * x0 if self.outputs == "v" else eps
+
+    class Wrapper(torch.nn.Module):  # like DDP: the model is .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert ddim.prediction(Wrapper(Cheat("v", "v"))) == "v" and ddim.prediction(lambda x, t, y: x) == "eps"
+    assert ddim.loss(Cheat("v", "v"), x0, y, ALPHA, generator=g).item() < 1e-6
+    assert ddim.loss(Cheat("eps", "eps"), x0, y, ALPHA, generator=g).item() < 1e-6
+    assert ddim.loss(Cheat("eps", "v"), x0, y, ALPHA, generator=g).item() > 0.1  # the target follows the claim
+
+
 # ------------------------------------------------------------------ classifier-free guidance
 
 def test_guidance_zero_is_the_paper():
@@ -212,11 +265,11 @@ def test_guided_eps_is_extrapolation_away_from_null():
     t = torch.full((3,), 600)
     expected = (1 + w) * oracle(x, t, y) - w * oracle(x, t, torch.full((3,), 2))
     oracle.calls.clear()
-    torch.testing.assert_close(ddim.predict_eps(oracle, x, 600, y, w, null_label=2), expected)
+    torch.testing.assert_close(ddim.predict_eps(oracle, x, 600, y, ALPHA, w, null_label=2), expected)
     assert oracle.calls == [(6, [600] * 6, [0, 1, 0, 2, 2, 2])]  # one batched call of 2B
     # and sample uses it: one step from t = T-1 to the clean image
     a = ALPHA[999].item()
-    eps = ddim.predict_eps(oracle, x, 999, y, w, null_label=2)
+    eps = ddim.predict_eps(oracle, x, 999, y, ALPHA, w, null_label=2)
     out = ddim.sample(oracle, x, y, ALPHA, 1, guidance=w, null_label=2)
     torch.testing.assert_close(out, (x - math.sqrt(1 - a) * eps) / math.sqrt(a))
     with pytest.raises(ValueError, match="null_label"):

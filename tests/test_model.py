@@ -113,6 +113,8 @@ def test_bad_configs_and_inputs_raise_value_errors():
         UNetConfig.preset("tiny", image_size=30)
     with pytest.raises(ValueError, match="attn_resolutions"):
         UNetConfig.preset("tiny", attn_resolutions=(5,))
+    with pytest.raises(ValueError, match="'x0'.*'eps'.*'v'"):
+        UNetConfig.preset("tiny", prediction="x0")
     model = tiny()
     with pytest.raises(ValueError, match="3 channels"):
         model(torch.zeros(1, 4, 32, 32), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
@@ -142,6 +144,9 @@ def test_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(raw(x, t, y), model(x, t, y), rtol=0, atol=0)
     assert torch.equal(ema.conv_out.weight, model.conv_out.weight + 0.01)
+    assert raw.prediction == "eps"
+    save_checkpoint(make_checkpoint(tiny(prediction="v")), path)
+    assert model_from_checkpoint(load_checkpoint(path)).prediction == "v"  # what the output means travels with it
 
 
 def test_failed_save_keeps_the_old_file(tmp_path):

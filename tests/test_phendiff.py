@@ -207,3 +207,13 @@ def test_demo_micro_writes_every_artefact(tmp_path):
                    "![](dose_series.png)"):
         assert needle in report, needle
     assert len(re.findall(r"\| (PASS|FAIL) \|", report)) == 2  # both targets judged, whatever the verdict
+
+
+def test_demo_takes_a_model_of_some_compounds(tmp_path):
+    """A model trained on DMSO + Latrunculin B only is judged on its own classes (the README's 9-class check)."""
+    out = tmp_path / "demo9"
+    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--steps", "2", "--n-recon", "2",
+                   "--workers", "1", "--train-args", "--steps 1 --n-per-class 4 --base-channels 16 "
+                   "--sample-every 0 --compounds latrunculin_b"])
+    report = (out / "report.md").read_text()
+    assert "| latrunculin_b | 8 |" in report and "nocodazole" not in report and "herbimycin" not in report
