@@ -69,8 +69,9 @@ def loss(model, x0, y, alpha, generator=None):
     t = torch.randint(0, len(alpha), (B,), generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     a = alpha.to(x0.device)[t].view(B, 1, 1, 1)  # float64, cast to x0's dtype below
-    x_t = a.sqrt().to(x0.dtype) * x0 + (1 - a).sqrt().to(x0.dtype) * eps  # eq. 4
-    target = eps if prediction(model) == "eps" else a.sqrt().to(x0.dtype) * eps - (1 - a).sqrt().to(x0.dtype) * x0
+    s_a, s_1a = a.sqrt().to(x0.dtype), (1 - a).sqrt().to(x0.dtype)
+    x_t = s_a * x0 + s_1a * eps  # eq. 4
+    target = eps if prediction(model) == "eps" else s_a * eps - s_1a * x0  # v
     return (model(x_t, t, y).float() - target.float()).pow(2).mean()
 
 
@@ -106,8 +107,10 @@ def predict_eps(model, x, t, y, alpha, guidance=0.0, null_label=None):
 
     Guidance evaluates both branches in one batched call of size 2B; w = 0 is the paper (one call of B).
     """
-    B, a = x.shape[0], alpha[int(t)].item()
-    net = model if prediction(model) == "eps" else lambda x, t, y: eps_from_v(model(x, t, y), x, a)
+    B, net = x.shape[0], model
+    if prediction(model) == "v":  # the paper's eps-model skips this (and its .item() sync on a GPU)
+        a = alpha[int(t)].item()
+        net = lambda x, t, y: eps_from_v(model(x, t, y), x, a)  # noqa: E731
     t = torch.full((B,), int(t), dtype=torch.long, device=x.device)
     y = torch.as_tensor(y, dtype=torch.long, device=x.device).expand(B)
     if guidance == 0:

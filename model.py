@@ -34,7 +34,7 @@ class UNetConfig:
     num_classes: int = 25               # real classes; index num_classes is the null class
     dropout: float = 0.0
     head_channels: int = 64             # channels per attention head (at least one head)
-    prediction: str = "eps"             # what the output means: "eps" (the paper) or "v" (ddim.eps_from)
+    prediction: str = "eps"             # what the output means: "eps" (the paper) or "v" (ddim.eps_from_v)
 
     def __post_init__(self):
         self.channel_mult, self.attn_resolutions = tuple(self.channel_mult), tuple(self.attn_resolutions)

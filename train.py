@@ -296,7 +296,8 @@ def train(args, ckpt, ddp, rank, local_rank, world, device):
             writer.writerows(log_rows)
         global_batch = args.batch_size * world * args.grad_accum
         print(f"data {args.data}: {len(ds)} images, {K} classes, {C}x{H}x{W} | UNet {args.preset}: "
-              f"{count_parameters(raw) / 1e6:.2f}M parameters, {config.prediction}-prediction | {device}, {'bf16' if cuda else 'fp32'}")
+              f"{count_parameters(raw) / 1e6:.2f}M parameters, {config.prediction}-prediction | "
+              f"{device}, {'bf16' if cuda else 'fp32'}")
         print(f"global batch {global_batch} = {args.batch_size} per process x {world} processes x "
               f"{args.grad_accum} accumulation | at step {step} of {args.steps}")
 
