@@ -620,6 +620,13 @@ def _pearson(a, b):
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def spearman(a, b):
+    """Spearman's rho: Pearson's r of the (average) ranks of the finite pairs; nan when undefined."""
+    from scipy.stats import rankdata
+    ok = np.isfinite(a) & np.isfinite(b)
+    return _pearson(rankdata(a[ok]), rankdata(b[ok]))
+
+
 def _check_feature(name, names):
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)

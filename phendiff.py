@@ -220,14 +220,6 @@ DEMO_SEED = 1  # the model was trained on seed 0: the demo's images are new draw
 ACTIN = "cells_actin_mean"  # mean actin intensity in cell regions, the Latrunculin B read-out
 
 
-def spearman(a, b):
-    """Rank correlation (no ties expected among 8 concentration means); nan when undefined."""
-    from scipy.stats import spearmanr
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    return float(spearmanr(a, b)[0]) if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0 else float("nan")
-
-
 def median(values):
     """Median of the finite values; nan (quietly) when there are none, e.g. at the test's micro scale."""
     v = np.asarray(list(values), dtype=float)
@@ -272,7 +264,7 @@ def plot_dose_response(conc, curve, path):
     fig, axes = plt.subplots(1, len(conc), figsize=(3.6 * len(conc), 3), squeeze=False)
     for ax, (k, c) in zip(axes[0], conc.items()):
         real = curve["real", k]
-        f = ACTIN if k == "latrunculin_b" else max(real, key=lambda f: np.nan_to_num(abs(spearman(c, real[f]))))
+        f = ACTIN if k == "latrunculin_b" else max(real, key=lambda f: np.nan_to_num(abs(ev.spearman(c, real[f]))))
         for src, style in (("real", "o-"), ("translated", "s--")):
             ax.plot(c, curve[src, k][f], style, label=src)
         ax.set_xscale("log")
@@ -314,7 +306,7 @@ def write_report(out, ckpt_path, ckpt, args, n_inputs, recon, groups, varying, r
                   "| µM | real | translated |", "|---|---|---|"]
         lines += [f"| {c:g} | {a:.4f} | {b:.4f} |" for c, a, b in
                   zip(conc[lat], curve["real", lat][ACTIN], curve["translated", lat][ACTIN])]
-        rho_real, rho_fake = (spearman(conc[lat], curve[src, lat][ACTIN]) for src in ("real", "translated"))
+        rho_real, rho_fake = (ev.spearman(conc[lat], curve[src, lat][ACTIN]) for src in ("real", "translated"))
         lines += ["", f"Spearman ρ with concentration: real {rho_real:.2f}, translated {rho_fake:.2f}."]
     lines += ["", "## Reconstruction error (the paper's Table 2)", "",
               f"{len(next(iter(recon.values()))['l2'])} held-out images of all classes, inverted and regenerated "
@@ -373,10 +365,10 @@ def cmd_demo(args):
     curve = {(src, k): {f: np.array([means[src, c][f] for c in cs]) for f in r[k]}
              for src in ("real", "translated") for k, cs in groups.items()}
     # a feature truly varies with dose when its real per-concentration means are monotone in dose
-    varying = [(k, f) for k in groups for f in r[k] if abs(spearman(conc[k], curve["real", k][f])) >= 0.8]
+    varying = [(k, f) for k in groups for f in r[k] if abs(ev.spearman(conc[k], curve["real", k][f])) >= 0.8]
     median_r = median(r[k][f] for k, f in varying)
     lat = "latrunculin_b"
-    rho = spearman(curve["real", lat][ACTIN], curve["translated", lat][ACTIN]) if lat in groups else float("nan")
+    rho = ev.spearman(curve["real", lat][ACTIN], curve["translated", lat][ACTIN]) if lat in groups else float("nan")
     plot_dose_response(conc, curve, out / "dose_response.png")
     write_report(out, ckpt_path, ckpt, args, len(x), recon, groups, varying, r, median_r, rho, conc, curve)
     print(f"Latrunculin B actin: Spearman rho(real, translated) = {rho:.2f} (target >= 0.8); median Pearson r "

@@ -318,3 +318,16 @@ def test_cmd_recon(tmp_path):
     assert [r["inversion"] for r in rows] == ["plain", "exact"] and all(int(r["n"]) == 2 for r in rows)
     assert all(float(r["psnr_mean"]) > 0 for r in rows)
     assert len(read_csv(tmp_path / "out" / "recon_per_image.csv")) == 4 and (tmp_path / "out" / "recon.png").exists()
+
+
+def test_spearman_is_scipys_on_the_finite_pairs_and_nan_when_undefined():
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, 8).astype(float), rng.normal(size=8)  # ties in a: average ranks, as scipy
+    assert E.spearman(a, b) == pytest.approx(spearmanr(a, b)[0], abs=1e-12)
+    a[2], b[5] = np.nan, np.inf
+    ok = np.isfinite(a) & np.isfinite(b)
+    assert E.spearman(a, b) == pytest.approx(spearmanr(a[ok], b[ok])[0], abs=1e-12)
+    assert E.spearman(np.arange(8.0), -np.exp(np.arange(8.0))) == pytest.approx(-1.0)  # monotone, not linear
+    assert math.isnan(E.spearman(np.arange(8.0), np.ones(8)))  # constant: undefined
+    assert math.isnan(E.spearman(np.arange(2.0), np.arange(2.0)))  # fewer than 3 pairs
