@@ -4,8 +4,8 @@ Notation follows the paper: alpha[t] = prod_{i<=t} (1 - beta_i) (DDPM's alpha-ba
 timesteps t in [0, T), so x_t = sqrt(alpha[t]) x_0 + sqrt(1 - alpha[t]) eps. The clean image sits
 at alpha = 1, one step before t = 0. Every function takes any eps-model `model(x_t, t, y) -> eps`
 (t, y LongTensor (B,)), so an analytic oracle can stand in for the network in tests. A model whose
-`prediction` attribute is "v" outputs v = sqrt(a) eps - sqrt(1 - a) x_0 instead (Salimans & Ho 2022);
-`eps_from_v` converts, so eq. 5 and 6 always see eps.
+`prediction` attribute is "v" outputs v = sqrt(a) eps - sqrt(1 - a) x_0 instead (Salimans & Ho
+2022); `eps_from_v` converts, so eq. 5 and 6 always see eps.
 
 PhenDiff translation is two calls: `invert` under the source label, then `sample` under the target.
 """
@@ -24,7 +24,8 @@ def make_schedule(name, T=1000):
         betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
     elif name == "scaled_linear":  # Stable Diffusion: linear in sqrt(beta)
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2
-    elif name == "cosine":  # Nichol & Dhariwal 2021: alpha-bar(s) = cos^2((s + 0.008) / 1.008 * pi / 2)
+    elif name == "cosine":
+        # Nichol & Dhariwal 2021: alpha-bar(s) = cos^2((s + 0.008) / 1.008 * pi / 2)
         s = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
@@ -34,7 +35,8 @@ def make_schedule(name, T=1000):
 
 
 def timesteps(num_steps, T):
-    """The DDIM sub-sequence t_1 < ... < t_n (LongTensor), "trailing" spacing t_i = round(i*T/n) - 1.
+    """The DDIM sub-sequence t_1 < ... < t_n (LongTensor), "trailing" spacing
+    t_i = round(i*T/n) - 1.
 
     The last latent sits at t_n = T - 1 (the noisiest level) and num_steps = T visits every t.
     """
@@ -45,16 +47,17 @@ def timesteps(num_steps, T):
 
 
 def prediction(model):
-    """"eps" or "v": what `model` outputs (through a DDP wrapper too; plain functions are eps-models)."""
+    """"eps" or "v": what `model` outputs (through a DDP wrapper too; plain functions are
+    eps-models)."""
     return getattr(getattr(model, "module", model), "prediction", "eps")
 
 
 def eps_from_v(v, x_t, a):
     """eps = sqrt(1 - a) x_t + sqrt(a) v at level a, for a v-model.
 
-    Why v: near t = T - 1, x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a) turns a 0.3 % error in eps into 0.5
-    in x_0, and eq. 4 barely penalises it, so a small eps-model never learns what the label does at
-    high noise, where a translation decides cell counts and intensities. A v-model's
+    Why v: near t = T - 1, x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a) turns a 0.3 % error in eps
+    into 0.5 in x_0, and eq. 4 barely penalises it, so a small eps-model never learns what the
+    label does at high noise, where a translation decides cell counts and intensities. A v-model's
     x_0 = sqrt(a) x_t - sqrt(1 - a) v stays bounded, and its loss weighs those levels."""
     return math.sqrt(1 - a) * x_t + math.sqrt(a) * v
 
@@ -63,7 +66,8 @@ def loss(model, x0, y, alpha, generator=None):
     """eq. 4: MSE between the true noise and the model's prediction at a uniformly drawn timestep.
     A v-model's target is v = sqrt(a) eps - sqrt(1 - a) x_0 (its eps-MSE weighted by 1 / a).
 
-    `generator` (on x0's device) makes t and eps reproducible; label dropout for guidance is the caller's.
+    `generator` (on x0's device) makes t and eps reproducible; label dropout for guidance is the
+    caller's.
     """
     B = x0.shape[0]
     t = torch.randint(0, len(alpha), (B,), generator=generator, device=x0.device)
@@ -76,12 +80,14 @@ def loss(model, x0, y, alpha, generator=None):
 
 
 def ddim_step(x_t, eps, alpha_t, alpha_prev):
-    """eq. 5: one deterministic DDIM step towards the data, from level alpha_t to alpha_prev > alpha_t.
+    """eq. 5: one deterministic DDIM step towards the data, from level alpha_t to
+    alpha_prev > alpha_t.
 
-    Paper form: x_prev = sqrt(a_prev) * (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) + sqrt(1 - a_prev) eps,
-    i.e. predict x_0, then re-noise it to level a_prev with the same eps. Rearranged as c_x x_t + c_eps eps
-    with both coefficients in float64 scalars, so x's dtype rounds once; alpha_prev = 1 returns the x_0
-    prediction. alpha_t, alpha_prev: floats or 0-d tensors.
+    Paper form: x_prev = sqrt(a_prev) * (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+    + sqrt(1 - a_prev) eps, i.e. predict x_0, then re-noise it to level a_prev with the same eps.
+    Rearranged as c_x x_t + c_eps eps with both coefficients in float64 scalars, so x's dtype
+    rounds once; alpha_prev = 1 returns the x_0 prediction. alpha_t, alpha_prev: floats or 0-d
+    tensors.
     """
     a_t, a_prev = float(alpha_t), float(alpha_prev)
     c_x = math.sqrt(a_prev / a_t)
@@ -105,10 +111,12 @@ def predict_eps(model, x, t, y, alpha, guidance=0.0, null_label=None):
     """eps at integer timestep t (of the schedule alpha) for labels y; with guidance w:
     (1 + w) eps(y) - w eps(null).
 
-    Guidance evaluates both branches in one batched call of size 2B; w = 0 is the paper (one call of B).
+    Guidance evaluates both branches in one batched call of size 2B; w = 0 is the paper (one call
+    of B).
     """
     B, net = x.shape[0], model
-    if prediction(model) == "v":  # the paper's eps-model skips this (and its .item() sync on a GPU)
+    # the paper's eps-model skips this (and its .item() sync on a GPU)
+    if prediction(model) == "v":
         a = alpha[int(t)].item()
         net = lambda x, t, y: eps_from_v(model(x, t, y), x, a)  # noqa: E731
     t = torch.full((B,), int(t), dtype=torch.long, device=x.device)
@@ -120,39 +128,47 @@ def predict_eps(model, x, t, y, alpha, guidance=0.0, null_label=None):
     if null_label is None:
         raise ValueError(f"guidance {guidance} needs null_label (the UNet's model.null_label)")
     labels = torch.cat([y, torch.full_like(y, null_label)])
-    eps_y, eps_null = net(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)  # 2 x (B, C, H, W)
+    # eps_y, eps_null: 2 x (B, C, H, W)
+    eps_y, eps_null = net(torch.cat([x, x]), torch.cat([t, t]), labels).chunk(2)
     return (1 + guidance) * eps_y - guidance * eps_null
 
 
 def _steps(steps, progress):
-    """The loop's range, wrapped by `progress` (e.g. tqdm.tqdm) when given: ddim.py imports only torch."""
+    """The loop's range, wrapped by `progress` (e.g. tqdm.tqdm) when given: ddim.py imports only
+    torch."""
     if progress is True:
-        raise ValueError("progress=True: pass a wrapper such as tqdm.tqdm instead (ddim.py imports only torch)")
+        raise ValueError("progress=True: pass a wrapper such as tqdm.tqdm instead "
+                         "(ddim.py imports only torch)")
     return progress(steps) if progress else steps
 
 
 # Timestep pairs visited for the sub-sequence t_1 < ... < t_n from timesteps(num_steps, T):
-#   sample: x at t_n -> t_{n-1} -> ... -> t_1 -> clean (alpha = 1); the step leaving t_i uses eps(x, t_i).
-#   invert: clean (alpha = 1) -> t_1 -> ... -> t_n; the step leaving t_i uses eps(x, t_i) and the first
-#           step, from the clean image (no timestep of its own), uses eps(x_0, t_1).
+#   sample: x at t_n -> t_{n-1} -> ... -> t_1 -> clean (alpha = 1); the step leaving t_i uses
+#           eps(x, t_i).
+#   invert: clean (alpha = 1) -> t_1 -> ... -> t_n; the step leaving t_i uses eps(x, t_i) and the
+#           first step, from the clean image (no timestep of its own), uses eps(x_0, t_1).
 # So each invert step is the mirror of one sample step, differing only in where eps is evaluated.
 
 def clip_eps(x_t, eps, alpha_t):
-    """The eps whose x_0 prediction (x_t - sqrt(1 - a) eps) / sqrt(a) is clipped to the data range [-1, 1].
+    """The eps whose x_0 prediction (x_t - sqrt(1 - a) eps) / sqrt(a) is clipped to the data
+    range [-1, 1].
 
-    Near t = T - 1, sqrt(a) ~ 0.006 turns a 1 % error in eps into a wildly out-of-range x_0 that later
-    steps never undo; clipping (DDPM's `clip_denoised`) keeps samples from pure noise in range."""
+    Near t = T - 1, sqrt(a) ~ 0.006 turns a 1 % error in eps into a wildly out-of-range x_0 that
+    later steps never undo; clipping (DDPM's `clip_denoised`) keeps samples from pure noise in
+    range."""
     a = float(alpha_t)
     x0 = ((x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
     return (x_t - math.sqrt(a) * x0) / math.sqrt(1 - a)
 
 
 @torch.no_grad()
-def sample(model, x_T, y, alpha, num_steps, guidance=0.0, null_label=None, progress=False, clip=False):
+def sample(model, x_T, y, alpha, num_steps, guidance=0.0, null_label=None, progress=False,
+           clip=False):
     """Deterministic DDIM sampling (eq. 5) from the latent x_T at t_n = T - 1 down to a clean image.
 
-    clip=True clips each x_0 prediction to [-1, 1]: for samples from pure noise only, since it breaks
-    the symmetry with `invert` that translation and reconstruction rely on (the paper does not clip)."""
+    clip=True clips each x_0 prediction to [-1, 1]: for samples from pure noise only, since it
+    breaks the symmetry with `invert` that translation and reconstruction rely on (the paper does
+    not clip)."""
     ts = timesteps(num_steps, len(alpha)).tolist()
     levels = [1.0] + [alpha[t].item() for t in ts]  # levels[i] = alpha at t_i, levels[0] = clean
     x = x_T
@@ -165,12 +181,14 @@ def sample(model, x_T, y, alpha, num_steps, guidance=0.0, null_label=None, progr
 
 
 @torch.no_grad()
-def invert(model, x_0, y, alpha, num_steps, fixed_point_iters=0, guidance=0.0, null_label=None, progress=False):
+def invert(model, x_0, y, alpha, num_steps, fixed_point_iters=0, guidance=0.0, null_label=None,
+           progress=False):
     """DDIM inversion (eq. 6) from a clean image to its latent at t_n = T - 1.
 
     fixed_point_iters = k > 0 (exact inversion, beyond the paper) refines each step k times by
-    x_next <- eq6(x, eps(x_next, t_next)), which converges to the x_next that the eq. 5 step maps back
-    onto x exactly: invert then sample under the same label then round-trips at any step count.
+    x_next <- eq6(x, eps(x_next, t_next)), which converges to the x_next that the eq. 5 step maps
+    back onto x exactly: invert then sample under the same label then round-trips at any step
+    count.
     """
     ts = timesteps(num_steps, len(alpha)).tolist()
     levels = [1.0] + [alpha[t].item() for t in ts]
@@ -181,6 +199,7 @@ def invert(model, x_0, y, alpha, num_steps, fixed_point_iters=0, guidance=0.0, n
         x_next = ddim_invert_step(x, eps, levels[i], levels[i + 1])  # eq. 6
         for _ in range(fixed_point_iters):
             eps = predict_eps(model, x_next, ts[i], y, alpha, guidance, null_label)
-            x_next = ddim_invert_step(x, eps, levels[i], levels[i + 1])  # eq. 6 with eps at the far end
+            # eq. 6 with eps at the far end
+            x_next = ddim_invert_step(x, eps, levels[i], levels[i + 1])
         x = x_next
     return x

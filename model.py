@@ -1,7 +1,7 @@
-"""The class-conditional UNet epsilon-model of PhenDiff, plus checkpoint helpers.
+"""The class-conditional UNet epsilon-model of PhenDiff.
 
 Read top-down: embeddings, the two building blocks (ResBlock, SelfAttention), the
-resamplers, the assembled UNet, then checkpoints and a small benchmark command.
+resamplers, the assembled UNet, then a small benchmark command.
 The network is `model(x_t, t, y) -> eps` (or -> v with `prediction="v"`, which ddim.py turns
 into eps); class y is embedded and added to the time embedding, and index `num_classes` is the
 reserved null class for classifier-free guidance.
@@ -9,42 +9,51 @@ reserved null class for classifier-free guidance.
 import argparse
 import dataclasses
 import math
-import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-CHECKPOINT_VERSION = 1
+
+def _flag(default, help, **kw):
+    """A field that train.py offers as a flag, with this help (method.arg, below the torch
+    floor)."""
+    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
 class UNetConfig:
+    """Fields with a "help" are flags of train.py (--base-channels, ...); the others follow the
+    data."""
     image_size: int = 64
     in_channels: int = 3
-    base_channels: int = 64
-    channel_mult: tuple = (1, 2, 2, 4)  # channels per level = base_channels * mult
-    num_res_blocks: int = 2             # encoder blocks per level; the decoder uses one more
-    attn_resolutions: tuple = (16,)     # feature-map sizes that get self-attention
-    num_classes: int = 25               # real classes; index num_classes is the null class
-    dropout: float = 0.0
-    head_channels: int = 64             # channels per attention head (at least one head)
-    prediction: str = "eps"             # what the output means: "eps" (the paper) or "v" (ddim.eps_from_v)
+    base_channels: int = _flag(64, "channels at full resolution")
+    channel_mult: tuple = _flag((1, 2, 2, 4),
+                                "channels per level = base_channels * mult, e.g. 1,2,2")
+    num_res_blocks: int = _flag(2, "encoder ResNet blocks per level; the decoder uses one more")
+    attn_resolutions: tuple = _flag((16,),
+                                    "feature-map sizes with self-attention, e.g. 8 ('': none)")
+    num_classes: int = 25  # real classes; index num_classes is the null class
+    dropout: float = _flag(0.0, "dropout in the ResNet blocks")
+    head_channels: int = _flag(64, "channels per attention head (at least one head)")
+    prediction: str = _flag("eps", "network output: eps (the paper) or v (ddim.eps_from_v), which "
+                            "small models need", choices=("eps", "v"))
 
     def __post_init__(self):
-        self.channel_mult, self.attn_resolutions = tuple(self.channel_mult), tuple(self.attn_resolutions)
+        self.channel_mult, self.attn_resolutions = (tuple(self.channel_mult),
+                                                    tuple(self.attn_resolutions))
         factor = 2 ** (len(self.channel_mult) - 1)
         if self.image_size % factor:
-            raise ValueError(f"image_size {self.image_size} must be divisible by {factor} "
-                             f"for {len(self.channel_mult)} levels; change image_size or channel_mult")
+            raise ValueError(f"image_size {self.image_size} must be divisible by {factor} for "
+                             f"{len(self.channel_mult)} levels; change image_size or channel_mult")
         sizes = [self.image_size // 2 ** i for i in range(len(self.channel_mult))]
         if not set(self.attn_resolutions) <= set(sizes):
-            raise ValueError(f"attn_resolutions {self.attn_resolutions} must be among the feature sizes {sizes}")
+            raise ValueError(f"attn_resolutions {self.attn_resolutions} must be among the "
+                             f"feature sizes {sizes}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes {self.num_classes} must be at least 1")
         if self.prediction not in ("eps", "v"):
@@ -54,11 +63,12 @@ class UNetConfig:
     def preset(cls, name, **overrides):
         """A named configuration; keyword overrides replace single fields (e.g. num_classes)."""
         presets = {
-            # the paper's scale: 128/256/512 channels, 2 encoder / 3 decoder blocks, attention at 32x32
-            "paper": dict(image_size=128, base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2,
-                          attn_resolutions=(32,), head_channels=64),
-            "small": dict(image_size=64, base_channels=32, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
-                          attn_resolutions=(16, 8), head_channels=32),
+            # the paper's scale: 128/256/512 channels, 2 encoder / 3 decoder blocks,
+            # attention at 32x32
+            "paper": dict(image_size=128, base_channels=128, channel_mult=(1, 2, 4),
+                          num_res_blocks=2, attn_resolutions=(32,), head_channels=64),
+            "small": dict(image_size=64, base_channels=32, channel_mult=(1, 2, 2, 4),
+                          num_res_blocks=2, attn_resolutions=(16, 8), head_channels=32),
             "tiny": dict(image_size=32, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
                          attn_resolutions=(8,), head_channels=16),
         }
@@ -66,7 +76,8 @@ class UNetConfig:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
         fields = {f.name for f in dataclasses.fields(cls)}
         if not set(overrides) <= fields:
-            raise ValueError(f"unknown UNetConfig fields {sorted(set(overrides) - fields)}; valid: {sorted(fields)}")
+            raise ValueError(f"unknown UNetConfig fields {sorted(set(overrides) - fields)}; "
+                             f"valid: {sorted(fields)}")
         return cls(**{**presets[name], **overrides})
 
 
@@ -78,7 +89,8 @@ def _groups(channels):
 def timestep_embedding(t, dim, max_period=10000.0):
     """Sinusoidal embedding of integer timesteps (B,) -> (B, dim), as in the Transformer / DDPM."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(max_period)
+                      * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]  # (B, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     return F.pad(emb, (0, dim % 2))
@@ -87,8 +99,9 @@ def timestep_embedding(t, dim, max_period=10000.0):
 class ResBlock(nn.Module):
     """Two 3x3 convs conditioned in between by the (time + class) embedding; starts as the identity.
 
-    The embedding sets a per-channel scale and shift after the second GroupNorm (FiLM, guided-diffusion's
-    scale-shift norm), so a class can rescale features rather than only offset them."""
+    The embedding sets a per-channel scale and shift after the second GroupNorm (FiLM,
+    guided-diffusion's scale-shift norm), so a class can rescale features rather than only offset
+    them."""
 
     def __init__(self, in_ch, out_ch, emb_dim, dropout):
         super().__init__()
@@ -98,7 +111,8 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(_groups(out_ch), out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)  # residual branch is 0 at init: the block is its skip path
+        # residual branch is 0 at init: the block is its skip path
+        nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -117,7 +131,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = max(1, channels // head_channels)
         if channels % self.heads:
-            raise ValueError(f"{channels} channels do not split into {self.heads} heads; change head_channels")
+            raise ValueError(f"{channels} channels do not split into {self.heads} heads; "
+                             "change head_channels")
         self.norm = nn.GroupNorm(_groups(channels), channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
@@ -126,10 +141,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C), a free view for channels_last input
+        # (B, HW, C), a free view for channels_last input
+        h = self.norm(x).flatten(2).transpose(1, 2)
         qkv = self.qkv(h).view(B, H * W, 3, self.heads, C // self.heads)
-        # SDPA's fast kernels need head_dim as the stride-1 axis, as in this view (a copy measured no faster);
-        # a layout with HW innermost, transposed afterwards, silently takes a ~3.5x slower path
+        # SDPA's fast kernels need head_dim as the stride-1 axis, as in this view (a copy measured
+        # no faster); a layout with HW innermost, transposed afterwards, silently takes a ~3.5x
+        # slower path
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, HW, hd)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hd)
         h = self.proj(h.transpose(1, 2).reshape(B, H * W, C))  # (B, HW, C)
@@ -155,7 +172,8 @@ def downsample(ch):
 class Upsample(nn.Module):
     def __init__(self, ch):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)  # nearest + conv avoids transposed-conv checkerboards
+        # nearest + conv avoids transposed-conv checkerboards
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -171,10 +189,10 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """Encoder levels (blocks, then a strided conv), a middle block with attention, and decoder levels
-    whose blocks each take one encoder activation as a skip connection. Attention sits at the levels
-    whose size is in attn_resolutions for config.image_size; other input sizes work (divisible by
-    2^(levels - 1)) with attention at the same levels."""
+    """Encoder levels (blocks, then a strided conv), a middle block with attention, and decoder
+    levels whose blocks each take one encoder activation as a skip connection. Attention sits at
+    the levels whose size is in attn_resolutions for config.image_size; other input sizes work
+    (divisible by 2^(levels - 1)) with attention at the same levels."""
 
     def __init__(self, config):
         super().__init__()
@@ -182,7 +200,8 @@ class UNet(nn.Module):
         self.null_label = c.num_classes
         self.prediction = c.prediction  # read by ddim, which turns a v output into eps
         ch, emb_dim = c.base_channels, 4 * c.base_channels
-        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(c.num_classes + 1, emb_dim)  # last row: the null class
         self.conv_in = nn.Conv2d(c.in_channels, ch, 3, padding=1)
 
@@ -219,12 +238,14 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x, t, y):
-        """x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) labels -> predicted eps (or v) (B, C, H, W)."""
+        """x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) labels -> predicted eps (or v)
+        (B, C, H, W)."""
         factor = 2 ** (len(self.config.channel_mult) - 1)
         if x.shape[1] != self.config.in_channels or x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"input of shape {tuple(x.shape)}: need {self.config.in_channels} channels "
-                             f"and height/width divisible by {factor}")
-        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels)) + self.class_emb(y)  # (B, emb)
+            raise ValueError(f"input of shape {tuple(x.shape)}: need {self.config.in_channels} "
+                             f"channels and height/width divisible by {factor}")
+        # (B, emb)
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels)) + self.class_emb(y)
         emb = F.silu(emb)  # shared input of every block's embedding projection
         h = self.conv_in(x)
         hs = [h]
@@ -249,61 +270,11 @@ def count_parameters(model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: one dict (see README) that loads with torch.load(weights_only=True).
-
-def save_checkpoint(obj, path):
-    """Atomic save: write a temp file next to `path`, fsync, then rename, so a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file owner-only; a checkpoint is an ordinary file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path):
-    """Load a phendiff checkpoint on the CPU; anything else is a one-line ValueError naming the file."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # garbage, truncation, or pickled objects that weights_only refuses
-        raise ValueError(f"checkpoint {path}: cannot be read as a weights-only torch file "
-                         f"({type(e).__name__}); is it a phendiff checkpoint?") from e
-    if not isinstance(ckpt, dict) or "version" not in ckpt:
-        raise ValueError(f"checkpoint {path}: a torch file but not a phendiff checkpoint (no 'version' entry)")
-    if ckpt["version"] != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path}: version {ckpt['version']!r}, this code reads version {CHECKPOINT_VERSION}")
-    missing = [k for k in ("config", "model", "classes", "schedule") if k not in ckpt]
-    if missing:
-        raise ValueError(f"checkpoint {path}: missing entries {missing}")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt, ema=True):
-    """Rebuild the UNet from a checkpoint dict alone, with EMA (default) or raw weights, in eval mode."""
-    key = "ema" if ema else "model"
-    if key not in ckpt:
-        raise ValueError(f"checkpoint has no {key!r} weights; use ema={not ema}")
-    model = UNet(UNetConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt[key])
-    return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------
 # python model.py bench --preset small --batch 32: no-grad forward throughput.
 
 def _bench(argv):
-    p = argparse.ArgumentParser(prog="model.py bench", description="no-grad UNet forward throughput")
+    p = argparse.ArgumentParser(prog="model.py bench",
+                                description="no-grad UNet forward throughput")
     p.add_argument("--preset", default="small")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=5)
@@ -313,7 +284,8 @@ def _bench(argv):
     config = UNetConfig.preset(args.preset)
     model = UNet(config).to(args.device, memory_format=torch.channels_last).eval()
     s = config.image_size
-    x = torch.randn(args.batch, config.in_channels, s, s, device=args.device).to(memory_format=torch.channels_last)
+    x = (torch.randn(args.batch, config.in_channels, s, s, device=args.device)
+         .to(memory_format=torch.channels_last))
     t = torch.randint(0, 1000, (args.batch,), device=args.device)
     y = torch.randint(0, config.num_classes, (args.batch,), device=args.device)
     with torch.device("meta"), FlopCounterMode(display=False) as flops:  # shapes only: free
@@ -330,10 +302,12 @@ def _bench(argv):
             model(x, t, y)
         sync()
     elapsed = time.perf_counter() - start
-    print(f"{args.iters * args.batch / elapsed:.1f} images/s ({elapsed / args.iters:.3f} s per batch)")
+    print(f"{args.iters * args.batch / elapsed:.1f} images/s "
+          f"({elapsed / args.iters:.3f} s per batch)")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["bench"]:
-        sys.exit("usage: python model.py bench [--preset paper|small|tiny] [--batch N] [--iters N] [--device D]")
+        sys.exit("usage: python model.py bench [--preset paper|small|tiny] [--batch N] "
+                 "[--iters N] [--device D]")
     _bench(sys.argv[2:])

@@ -55,7 +55,8 @@ def test_schedule_end_points_and_monotone(name, alpha0):
 
 def test_linear_schedule_is_product_of_one_minus_beta():
     betas = [1e-4 + (0.02 - 1e-4) * i / 99 for i in range(100)]
-    assert ddim.make_schedule("linear", T=100)[-1].item() == pytest.approx(math.prod(1 - b for b in betas), rel=1e-12)
+    assert (ddim.make_schedule("linear", T=100)[-1].item()
+            == pytest.approx(math.prod(1 - b for b in betas), rel=1e-12))
 
 
 def test_unknown_schedule_lists_choices():
@@ -80,7 +81,8 @@ PAIRS = [(0.3, 0.6), (4e-5, 0.01), (0.9, 0.9999), (0.5, 1.0)]  # (noisier level,
 
 
 def paper_eq5(x, eps, a_t, a_prev):
-    return math.sqrt(a_prev / a_t) * x + math.sqrt(a_prev) * (math.sqrt(1 / a_prev - 1) - math.sqrt(1 / a_t - 1)) * eps
+    return (math.sqrt(a_prev / a_t) * x
+            + math.sqrt(a_prev) * (math.sqrt(1 / a_prev - 1) - math.sqrt(1 / a_t - 1)) * eps)
 
 
 @pytest.mark.parametrize("a_t,a_prev", PAIRS)
@@ -97,7 +99,8 @@ def test_eq6_matches_paper_formula(a_next, a_t):
     x, eps = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64).unbind()
     expected = (math.sqrt(a_next / a_t) * x
                 + math.sqrt(a_next) * (math.sqrt(1 / a_next - 1) - math.sqrt(1 / a_t - 1)) * eps)
-    torch.testing.assert_close(ddim.ddim_invert_step(x, eps, a_t, a_next), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ddim.ddim_invert_step(x, eps, a_t, a_next), expected,
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("a_noisy,a_clean", PAIRS)
@@ -126,7 +129,7 @@ def test_loss_eq4_noises_with_the_schedule_and_targets_eps():
     assert zero_loss == pytest.approx(1.0, abs=0.05)  # E[eps^2] = 1
 
 
-# ------------------------------------------------------------------ loops: end points and visited pairs
+# -------------------------------------------------------------- loops: end points and visited pairs
 
 def test_loops_visit_the_documented_timesteps_and_end_at_alpha_1():
     mu, sigma = image_like_means(4), torch.tensor([0.3, 0.5, 1.0])
@@ -137,13 +140,17 @@ def test_loops_visit_the_documented_timesteps_and_end_at_alpha_1():
     assert [c[1][0] for c in oracle.calls] == [999, 749, 499, 249]
     oracle.calls.clear()
     ddim.invert(oracle, x, y, ALPHA, 4)
-    assert [c[1][0] for c in oracle.calls] == [249, 249, 499, 749]  # first step: clean image, eps at t_1
+    # first step: clean image, eps at t_1
+    assert [c[1][0] for c in oracle.calls] == [249, 249, 499, 749]
 
-    # one step each way: sample returns the x0-prediction (alpha = 1), invert goes from alpha = 1 to t = T-1
+    # one step each way: sample returns the x0-prediction (alpha = 1),
+    # invert goes from alpha = 1 to t = T-1
     a = ALPHA[999].item()
     eps = oracle(x, torch.full((2,), 999), y)
-    torch.testing.assert_close(ddim.sample(oracle, x, y, ALPHA, 1), (x - math.sqrt(1 - a) * eps) / math.sqrt(a))
-    torch.testing.assert_close(ddim.invert(oracle, x, y, ALPHA, 1), math.sqrt(a) * x + math.sqrt(1 - a) * eps)
+    torch.testing.assert_close(ddim.sample(oracle, x, y, ALPHA, 1),
+                               (x - math.sqrt(1 - a) * eps) / math.sqrt(a))
+    torch.testing.assert_close(ddim.invert(oracle, x, y, ALPHA, 1),
+                               math.sqrt(a) * x + math.sqrt(1 - a) * eps)
 
 
 def test_progress_wrapper():
@@ -155,13 +162,14 @@ def test_progress_wrapper():
 
     oracle = GaussianOracle(image_like_means(4), torch.tensor([0.3, 0.5, 1.0]))
     x, y = torch.randn(1, 3, 4, 4), torch.zeros(1, dtype=torch.long)
-    ddim.sample(oracle, ddim.invert(oracle, x, y, ALPHA, 7, progress=wrapper), y, ALPHA, 7, progress=wrapper)
+    ddim.sample(oracle, ddim.invert(oracle, x, y, ALPHA, 7, progress=wrapper), y, ALPHA, 7,
+                progress=wrapper)
     assert seen == [7, 7]
     with pytest.raises(ValueError, match="tqdm"):
         ddim.sample(oracle, x, y, ALPHA, 7, progress=True)
 
 
-# ------------------------------------------------------------------ the Gaussian oracle: PhenDiff in closed form
+# ----------------------------------------------------- the Gaussian oracle: PhenDiff in closed form
 
 def test_translation_with_gaussian_oracle_matches_closed_form():
     """invert under A then sample under B is the affine map mu_B + (sigma_B / sigma_A)(x - mu_A)."""
@@ -177,7 +185,8 @@ def test_translation_with_gaussian_oracle_matches_closed_form():
         out = ddim.sample(oracle, latent, y_b, ALPHA, n)
         assert out.dtype == x.dtype and out.shape == x.shape
         errors.append(rms(out - expected) / rms(expected))
-        assert abs(latent.std().item() - 1) < 0.05 and abs(latent.mean().item()) < 0.05  # latents ~ N(0, I)
+        # latents ~ N(0, I)
+        assert abs(latent.std().item() - 1) < 0.05 and abs(latent.mean().item()) < 0.05
     assert errors[2] < 0.02, errors
     assert errors[0] > errors[1] > errors[2], errors
 
@@ -189,17 +198,20 @@ def test_exact_inversion_round_trip_is_100x_better_at_20_steps():
     x = mu[1] + sigma[1] * torch.randn(8, 3, 8, 8, generator=g)
     y = torch.ones(8, dtype=torch.long)
     plain = rms(ddim.sample(oracle, ddim.invert(oracle, x, y, ALPHA, 20), y, ALPHA, 20) - x)
-    exact = rms(ddim.sample(oracle, ddim.invert(oracle, x, y, ALPHA, 20, fixed_point_iters=10), y, ALPHA, 20) - x)
+    exact = rms(ddim.sample(oracle, ddim.invert(oracle, x, y, ALPHA, 20, fixed_point_iters=10),
+                            y, ALPHA, 20) - x)
     assert plain > 1e-2  # plain eq. 6 is visibly off at 20 steps ...
     assert exact * 100 < plain, (plain, exact)  # ... exact inversion is not
-    few = rms(ddim.sample(oracle, ddim.invert(oracle, x, y, ALPHA, 5, fixed_point_iters=20), y, ALPHA, 5) - x)
+    few = rms(ddim.sample(oracle, ddim.invert(oracle, x, y, ALPHA, 5, fixed_point_iters=20),
+                          y, ALPHA, 5) - x)
     assert few < 1e-4  # independent of the step count
 
 
-# ------------------------------------------------------------------ v-prediction: the same method, another output
+# ---------------------------------------------------- v-prediction: the same method, another output
 
 class VOracle(GaussianOracle):
-    """The same optimal model, outputting v = sqrt(a) eps - sqrt(1 - a) x_0 = (eps - sqrt(1 - a) x_t) / sqrt(a)."""
+    """The same optimal model, outputting
+    v = sqrt(a) eps - sqrt(1 - a) x_0 = (eps - sqrt(1 - a) x_t) / sqrt(a)."""
     prediction = "v"
 
     def __call__(self, x, t, y):
@@ -208,10 +220,12 @@ class VOracle(GaussianOracle):
 
 
 def test_v_model_translates_like_the_eps_model():
-    """eq. 5 and 6 see eps whatever the network outputs: the v-oracle gives the eps-oracle's translation."""
+    """eq. 5 and 6 see eps whatever the network outputs:
+    the v-oracle gives the eps-oracle's translation."""
     mu, sigma = image_like_means(8), torch.tensor([0.3, 0.5, 1.0])
     eps_model, v_model = GaussianOracle(mu, sigma), VOracle(mu, sigma)
-    x = (mu[0] + sigma[0] * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))).double()
+    x = (mu[0] + sigma[0] * torch.randn(4, 3, 8, 8,
+                                        generator=torch.Generator().manual_seed(3))).double()
     y_a, y_b = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
     for m in (eps_model, v_model):
         m.latent = ddim.invert(m, x, y_a, ALPHA, 50)
@@ -219,7 +233,8 @@ def test_v_model_translates_like_the_eps_model():
     torch.testing.assert_close(v_model.latent, eps_model.latent)
     torch.testing.assert_close(v_model.out, eps_model.out)
     assert rms(v_model.out - eps_model.out) < 1e-9  # float64 all the way: the conversion is exact
-    assert rms(ddim.sample(eps_model, v_model.latent, y_b, ALPHA, 50) - x) > 0.1  # and the label mattered
+    # and the label mattered
+    assert rms(ddim.sample(eps_model, v_model.latent, y_b, ALPHA, 50) - x) > 0.1
 
 
 def test_v_loss_targets_v_and_sees_through_a_wrapper():
@@ -243,10 +258,12 @@ def test_v_loss_targets_v_and_sees_through_a_wrapper():
             super().__init__()
             self.module = module
 
-    assert ddim.prediction(Wrapper(Cheat("v", "v"))) == "v" and ddim.prediction(lambda x, t, y: x) == "eps"
+    assert (ddim.prediction(Wrapper(Cheat("v", "v"))) == "v"
+            and ddim.prediction(lambda x, t, y: x) == "eps")
     assert ddim.loss(Cheat("v", "v"), x0, y, ALPHA, generator=g).item() < 1e-6
     assert ddim.loss(Cheat("eps", "eps"), x0, y, ALPHA, generator=g).item() < 1e-6
-    assert ddim.loss(Cheat("eps", "v"), x0, y, ALPHA, generator=g).item() > 0.1  # the target follows the claim
+    # the target follows the claim
+    assert ddim.loss(Cheat("eps", "v"), x0, y, ALPHA, generator=g).item() > 0.1
 
 
 # ------------------------------------------------------------------ classifier-free guidance
@@ -254,8 +271,10 @@ def test_v_loss_targets_v_and_sees_through_a_wrapper():
 def test_guidance_zero_is_the_paper():
     oracle = GaussianOracle(image_like_means(4), torch.tensor([0.3, 0.5, 1.0]))
     x, y = torch.randn(3, 3, 4, 4), torch.tensor([0, 1, 0])
-    assert torch.equal(ddim.sample(oracle, x, y, ALPHA, 10, guidance=0.0, null_label=2), ddim.sample(oracle, x, y, ALPHA, 10))
-    assert torch.equal(ddim.invert(oracle, x, y, ALPHA, 10, guidance=0.0, null_label=2), ddim.invert(oracle, x, y, ALPHA, 10))
+    assert torch.equal(ddim.sample(oracle, x, y, ALPHA, 10, guidance=0.0, null_label=2),
+                       ddim.sample(oracle, x, y, ALPHA, 10))
+    assert torch.equal(ddim.invert(oracle, x, y, ALPHA, 10, guidance=0.0, null_label=2),
+                       ddim.invert(oracle, x, y, ALPHA, 10))
 
 
 def test_guided_eps_is_extrapolation_away_from_null():
@@ -265,7 +284,8 @@ def test_guided_eps_is_extrapolation_away_from_null():
     t = torch.full((3,), 600)
     expected = (1 + w) * oracle(x, t, y) - w * oracle(x, t, torch.full((3,), 2))
     oracle.calls.clear()
-    torch.testing.assert_close(ddim.predict_eps(oracle, x, 600, y, ALPHA, w, null_label=2), expected)
+    torch.testing.assert_close(ddim.predict_eps(oracle, x, 600, y, ALPHA, w, null_label=2),
+                               expected)
     assert oracle.calls == [(6, [600] * 6, [0, 1, 0, 2, 2, 2])]  # one batched call of 2B
     # and sample uses it: one step from t = T-1 to the clean image
     a = ALPHA[999].item()
@@ -288,5 +308,6 @@ def test_clip_keeps_x0_in_range_and_is_a_no_op_inside_it():
     assert x0_far.abs().max() <= 1 + 1e-9 and (x0_far.abs() > 1 - 1e-9).float().mean() > 0.9
     # sampling from noise with clip=True ends inside the data range even with a poor eps-model
     bad = lambda x, t, y: 0.9 * x  # noqa: E731
-    out = ddim.sample(bad, torch.randn(2, 3, 4, 4, generator=g), 0, ddim.make_schedule("linear"), 20, clip=True)
+    out = ddim.sample(bad, torch.randn(2, 3, 4, 4, generator=g), 0, ddim.make_schedule("linear"),
+                      20, clip=True)
     assert out.abs().max() <= 1 + 1e-5

@@ -1,4 +1,6 @@
 """PhenDiff translation against the Gaussian oracle, and the command line on a tiny checkpoint."""
+import contextlib
+import io
 import re
 import warnings
 
@@ -7,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-import data
 import ddim
-import model as model_lib
+import method as M
 import phendiff
+import plots
+from data import ImageDataset
 
 # ---------------------------------------------------------------------------------------------
 # the method, with an analytic eps-model: class y is N(mu_y, sigma_y^2 I)
@@ -78,7 +81,7 @@ def test_dose_series_order_and_difference_map(oracle):
     torch.testing.assert_close(series[0], phendiff.translate(net, x, 0, 2, alpha, 50))
     with pytest.raises(ValueError, match="unknown compound 'nocodazole'.*taxol"):
         phendiff.dose_series(net, x, 0, classes, "nocodazole", alpha, 50)
-    d = phendiff.difference_map(x, x + 0.5)
+    d = plots.difference_map(x, x + 0.5)
     assert d.shape == (2, 8, 8) and torch.allclose(d, torch.full_like(d, 0.25))
 
 
@@ -91,16 +94,14 @@ CLASSES = ["DMSO", "latrunculin_b_1uM", "latrunculin_b_3uM"]
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0)
-    cfg = model_lib.UNetConfig.preset("tiny", image_size=16, num_classes=len(CLASSES))
-    net = model_lib.UNet(cfg)
+    net = phendiff.PhenDiff(phendiff.PhenDiffConfig.preset("tiny", image_size=16, num_classes=len(CLASSES)))
     with torch.no_grad():  # leave the zero initialisation so the translation is not the identity
-        for p in net.parameters():
+        for p in net.ema.parameters():
             p.add_(0.02 * torch.randn_like(p))
+    ds = ImageDataset(torch.zeros(1, 3, 16, 16), torch.zeros(1), CLASSES, ["actin", "tubulin", "dna"],
+                      {"low": [0.0] * 3, "high": [1.0] * 3})
     path = tmp_path / "tiny.pt"
-    model_lib.save_checkpoint({
-        "version": 1, "config": vars(cfg), "classes": CLASSES, "channels": ["actin", "tubulin", "DNA"],
-        "schedule": {"name": "linear", "T": 1000}, "normalization": {"low": [0.0] * 3, "high": [1.0] * 3},
-        "model": net.state_dict(), "ema": net.state_dict(), "step": 0}, path)
+    M.save_checkpoint(M.make_checkpoint(net, ds, 0, {}), path)
     return path
 
 
@@ -113,10 +114,14 @@ def write_images(folder, n=3, size=16, channels=3):
     return folder
 
 
-def run(argv):
-    with pytest.raises(SystemExit) as e:
-        phendiff.main(argv)
-    return str(e.value.code)
+def run(argv, main=phendiff.main):
+    """A command that must fail: exit code 2 and a one-line message on stderr, which it returns."""
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(err):
+        main(argv)
+    msg = err.getvalue().strip()
+    assert e.value.code == 2 and "\n" not in msg and "Traceback" not in msg, msg
+    return msg
 
 
 def test_cli_writes_translations(ckpt, tmp_path):
@@ -125,7 +130,7 @@ def test_cli_writes_translations(ckpt, tmp_path):
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="notes.txt"):
         phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO",
-                       "--target", "latrunculin_b", "--steps", "5", "--out", str(out)])  # = its 2 doses
+                       "--target", "latrunculin_b", "--ddim-steps", "5", "--out", str(out)])  # = its 2 doses
     for t in ("latrunculin_b_1uM", "latrunculin_b_3uM"):
         assert sorted(p.name for p in (out / t).iterdir()) == ["cell_0.png", "cell_1.png", "cell_2.png"]
         arr = np.load(out / f"{t}.npy")
@@ -140,13 +145,13 @@ def test_cli_writes_translations(ckpt, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO",
-                       "--target", "latrunculin_b_3uM", "--steps", "5", "--out", str(out2)])
+                       "--target", "latrunculin_b_3uM", "--ddim-steps", "5", "--out", str(out2)])
     np.testing.assert_array_equal(np.load(out2 / "latrunculin_b_3uM.npy"), np.load(out / "latrunculin_b_3uM.npy"))
 
 
 def test_cli_bad_input(ckpt, tmp_path):
     inp = write_images(tmp_path / "in")
-    base = ["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO", "--steps", "2"]
+    base = ["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO", "--ddim-steps", "2"]
     msg = run(base + ["--target", "taxol", "--out", str(tmp_path / "o1")])
     assert "unknown class 'taxol'" in msg and "latrunculin_b_3uM" in msg and "\n" not in msg
 
@@ -163,7 +168,7 @@ def test_cli_bad_input(ckpt, tmp_path):
     assert "1 channels" in msg and "3" in msg
 
     msg = run(base + ["--target", "DMSO", "--out", str(inp / "sub")])
-    assert "inside an input folder" in msg
+    assert "overlaps the input folder" in msg
 
     not_ckpt = tmp_path / "x.pt"
     torch.save({"hello": 1}, not_ckpt)
@@ -176,27 +181,24 @@ def test_cli_other_sizes_are_cropped_with_a_warning(ckpt, tmp_path):
     inp = write_images(tmp_path / "big", n=1, size=24)
     with pytest.warns(UserWarning, match="centre-cropped"):
         phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp / "cell_0.png"), "--source",
-                       "DMSO", "--target", "DMSO", "--steps", "2", "--out", str(tmp_path / "o")])
+                       "DMSO", "--target", "DMSO", "--ddim-steps", "2", "--out", str(tmp_path / "o")])
     assert np.load(tmp_path / "o" / "DMSO.npy").shape == (1, 3, 16, 16)
 
 
 def test_export_drops_optimizer_state(ckpt, tmp_path):
-    full = model_lib.load_checkpoint(ckpt)
-    full["optimizer"] = {"state": {}, "param_groups": []}
-    model_lib.save_checkpoint(full, tmp_path / "full.pt")
-    phendiff.main(["export", "--ckpt", str(tmp_path / "full.pt"), "--out", str(tmp_path / "slim.pt")])
-    slim = model_lib.load_checkpoint(tmp_path / "slim.pt")
-    assert "optimizer" not in slim and slim["classes"] == CLASSES
-    x = torch.zeros(1, 3, 16, 16)
-    t, y = torch.tensor([10]), torch.tensor([1])
-    torch.testing.assert_close(model_lib.model_from_checkpoint(slim)(x, t, y),
-                               model_lib.model_from_checkpoint(full)(x, t, y))
+    phendiff.main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "slim.pt")])
+    slim, full = M.load_checkpoint(tmp_path / "slim.pt"), M.load_checkpoint(ckpt)
+    assert "optimizer" not in slim["state"] and "rng" not in slim and slim["classes"] == CLASSES
+    x, t, y = torch.zeros(1, 3, 16, 16), torch.tensor([10]), torch.tensor([1])
+    torch.testing.assert_close(M.build(slim).ema(x, t, y), M.build(full).ema(x, t, y))
+    assert "--overwrite" in run(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "slim.pt")])
+    assert "overwrite the input" in run(["export", "--ckpt", str(ckpt), "--out", str(ckpt), "--overwrite"])
 
 
 def test_demo_micro_writes_every_artefact(tmp_path):
     """The demo end to end at a micro setting: a 2-step model trained by the recorded command."""
     out = tmp_path / "demo"
-    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--steps", "3", "--n-recon", "2",
+    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--ddim-steps", "3", "--n-recon", "2",
                    "--workers", "1", "--train-args",
                    "--steps 2 --n-per-class 2 --base-channels 16 --sample-every 0 --log-every 1"])
     assert (out / "train" / "last.pt").exists()
@@ -212,7 +214,7 @@ def test_demo_micro_writes_every_artefact(tmp_path):
 def test_demo_takes_a_model_of_some_compounds(tmp_path):
     """A model trained on DMSO + Latrunculin B only is judged on its own classes (the README's 9-class check)."""
     out = tmp_path / "demo9"
-    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--steps", "2", "--n-recon", "2",
+    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--ddim-steps", "2", "--n-recon", "2",
                    "--workers", "1", "--train-args", "--steps 1 --n-per-class 4 --base-channels 16 "
                    "--sample-every 0 --compounds latrunculin_b"])
     report = (out / "report.md").read_text()

@@ -1,6 +1,9 @@
 """train.py end to end on the CPU: DDP agreement, exact resume after SIGKILL, learning, faults."""
+import contextlib
 import csv
+import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,8 +16,10 @@ import torch.multiprocessing as mp
 
 import data
 import ddim
+import method as M
+import phendiff
 import train
-from model import load_checkpoint, model_from_checkpoint
+from method import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a ~20k-parameter UNet on 16x16 images: every run below takes seconds
@@ -32,6 +37,16 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def fails(argv):
+    """A train.py run that must stop at once: exit code 2, one line on stderr, which it returns."""
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(err):
+        train.main(argv)
+    msg = err.getvalue().strip()
+    assert e.value.code == 2 and "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
 def weights_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -43,12 +58,12 @@ def _ddp_worker(rank, port, argv, folder):
     torch.set_num_threads(1)
     trained = []
 
-    class SpyDDP(train.DDP):
+    class SpyDDP(phendiff.DDP):
         def __init__(self, module, **kw):
             super().__init__(module, **kw)
             trained.append(module)
 
-    train.DDP = SpyDDP
+    phendiff.DDP = SpyDDP
     train.main(argv)
     torch.save(trained[0].state_dict(), os.path.join(folder, f"rank{rank}.pt"))
 
@@ -63,8 +78,8 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert weights_equal(w0, w1)
     ckpt = torch.load(out / "last.pt", weights_only=True)
-    assert ckpt["step"] == 3 and weights_equal(ckpt["model"], w0)
-    assert not weights_equal(ckpt["model"], ckpt["ema"])  # the EMA lags the trained weights
+    assert ckpt["step"] == 3 and weights_equal(ckpt["state"]["model"], w0)
+    assert not weights_equal(ckpt["state"]["model"], ckpt["state"]["ema"])  # the EMA lags the trained weights
 
 
 KILLED = """
@@ -86,7 +101,7 @@ train.main({argv!r})
 def test_sigkill_and_resume_is_bitwise_exact(tmp_path):
     # grad accumulation, label dropout, model dropout and augmentation all draw random numbers
     argv = SMALL + SYNTH + ["--steps", "8", "--ckpt-every", "3", "--keep", "1", "--grad-accum", "2",
-                            "--p-uncond", "0.3", "--dropout", "0.1", "--sample-every", "4", "--sample-steps", "2"]
+                            "--p-uncond", "0.3", "--dropout", "0.1", "--sample-every", "4", "--ddim-steps", "2"]
     whole = load_checkpoint(train.main(argv + ["--out", str(tmp_path / "a")]))
 
     killed = argv + ["--out", str(tmp_path / "b")]  # SIGKILL inside step 7 (13th of 16 micro-steps)
@@ -94,14 +109,13 @@ def test_sigkill_and_resume_is_bitwise_exact(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 6
-    with pytest.raises(SystemExit, match="not empty"):
-        train.main(killed)
+    assert "not empty" in fails(killed)
     resumed = load_checkpoint(train.main(["--out", str(tmp_path / "b"), "--resume"]))
 
     assert resumed["step"] == whole["step"] == 8
     for key in ("model", "ema"):
-        assert weights_equal(whole[key], resumed[key]), key
-    opt_a, opt_b = whole["optimizer"], resumed["optimizer"]
+        assert weights_equal(whole["state"][key], resumed["state"][key]), key
+    opt_a, opt_b = whole["state"]["optimizer"], resumed["state"]["optimizer"]
     assert opt_a["param_groups"] == opt_b["param_groups"]
     assert all(weights_equal(opt_a["state"][i], opt_b["state"][i]) for i in opt_a["state"])
     assert sorted(p.name for p in (tmp_path / "b").glob("ckpt_*.pt")) == ["ckpt_0000008.pt"]  # --keep 1
@@ -128,7 +142,7 @@ def test_fits_two_classes_and_generates_by_class(tmp_path):
     two_colour_classes(tmp_path / "two.npz")
     path = train.main(SMALL + ["--data", str(tmp_path / "two.npz"), "--steps", "200", "--batch-size", "16",
                                "--warmup", "20", "--log-every", "10", "--sample-every", "200",
-                               "--sample-steps", "10", "--out", str(tmp_path / "r")])
+                               "--ddim-steps", "10", "--out", str(tmp_path / "r")])
     with open(tmp_path / "r" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert float(rows[-1]["loss"]) < 0.5 * float(rows[0]["loss"])
@@ -137,8 +151,8 @@ def test_fits_two_classes_and_generates_by_class(tmp_path):
 
     # Generate each class from the latents of the other class's images (PhenDiff's use of the model):
     # after 200 steps samples from pure noise are not yet faithful, class-conditional generation is.
-    ckpt = load_checkpoint(path)
-    model, alpha = model_from_checkpoint(ckpt), ddim.make_schedule("linear")
+    method, ckpt = M.load_method(path)
+    model, alpha = method.ema, ddim.make_schedule("linear")
     images = data.load_dataset(str(tmp_path / "two.npz"), image_size=16)
     for source, target in ((0, 1), (1, 0)):
         x = images.images[images.labels == source][:8]
@@ -150,13 +164,12 @@ def test_fits_two_classes_and_generates_by_class(tmp_path):
 
 def test_refuses_reused_out_and_bad_arguments(tmp_path):
     (tmp_path / "notes.txt").write_text("an earlier run")
-    with pytest.raises(SystemExit, match="--resume"):
-        train.main(SMALL + SYNTH + ["--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="no such file"):
-        train.main(SMALL + SYNTH + ["--out", str(tmp_path), "--resume"])
-    with pytest.raises(SystemExit) as e:
-        train.main(SMALL + SYNTH + ["--steps", "0", "--out", str(tmp_path / "new")])
-    assert e.value.code == 2  # argparse error
+    assert "--resume" in fails(SMALL + SYNTH + ["--out", str(tmp_path)])
+    assert "no checkpoint" in fails(SMALL + SYNTH + ["--out", str(tmp_path), "--resume"])
+    assert "--steps must be at least 1" in fails(SMALL + SYNTH + ["--steps", "0", "--out", str(tmp_path / "new")])
+    assert "--lr must be a finite number > 0, got nan" in fails(SMALL + SYNTH + ["--lr", "nan", "--out", str(tmp_path / "n")])
+    assert "unknown preset 'huge'" in fails(SMALL + SYNTH + ["--preset", "huge", "--out", str(tmp_path / "n")])
+    assert not (tmp_path / "new").exists() and not (tmp_path / "n").exists()
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -167,11 +180,11 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return loss(*a, **k) * (float("nan") if calls[0] == 5 else 1.0)
 
     monkeypatch.setattr(ddim, "loss", nan_at_fifth)
-    with pytest.raises(SystemExit, match="non-finite loss.*last.pt"):
-        train.main(SMALL + SYNTH + ["--steps", "10", "--ckpt-every", "2", "--out", str(tmp_path)])
+    msg = fails(SMALL + SYNTH + ["--steps", "10", "--ckpt-every", "2", "--out", str(tmp_path)])
+    assert re.search("non-finite values .* at step 5: stopped without saving.*last.pt", msg), msg
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["step"] == 4 and not (tmp_path / "ckpt_0000005.pt").exists()
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert all(torch.isfinite(v).all() for v in ckpt["state"]["model"].values())
 
 
 def test_sigterm_checkpoints_then_exits(tmp_path, monkeypatch):

@@ -1,0 +1,286 @@
+"""What every compared system shares: the method interface, the registry, and checkpoints.
+
+A method (PhenDiff in phendiff.py, the baselines in baselines/) is a small class with
+
+    name                                 its --method name and its checkpoints' "method" entry
+    Config                               a dataclass of all that builds it, with the fields image_size,
+                                         in_channels, num_classes (from the data) and steps (of the
+                                         run); Config.preset(name, **overrides); fields made with
+                                         `arg` are train.py flags
+    OPTIONS                              inference choices with their defaults (e.g. DDIM steps)
+    LOG                                  the names train_step may return, for the log's columns
+    __init__(config, device, **options)
+    train_step(batch, step) -> {str: float}   one optimisation step on batch = (x, y); the method owns
+                                              its optimizers, learning-rate schedule and EMA
+    translate(x, y_source, y_target) -> x'    the image of x under another class; x in [-1, 1]
+    translate_many(x, y_source, targets)      (len(targets), B, C, H, W); a method shares work here
+    reconstruct(x, y) -> x'                   translate to the own class (the paper's Table 2)
+    encode(x) -> features                     where the method has an encoder
+    state_dict() / load_state_dict(state)     nets, EMA, optimizers: all that exact resume needs
+
+`Method` gives the defaults; train.py, `phendiff.py translate` and eval.py use nothing else, so one
+copy of the infrastructure (DDP, checkpoints, resume, logs, translation, scoring) serves every method.
+Labels are class indices, an int or a LongTensor (B,).
+"""
+import dataclasses
+import importlib
+import math
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+CHECKPOINT_VERSION = 2
+# --method name -> (module, class); imported when first used, so that loading a StarGAN checkpoint
+# does not import every other method, and phendiff.py can import this module
+METHODS = {"phendiff": ("phendiff", "PhenDiff"),
+           "cyclegan": ("baselines.cyclegan", "CycleGAN"),
+           "stargan": ("baselines.stargan", "StarGAN")}
+
+
+def method_class(name):
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    module, cls = METHODS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def labels(y, x):
+    """An int or a (B,) sequence of class indices -> LongTensor (B,) on x's device."""
+    y = torch.as_tensor(y, dtype=torch.long, device=x.device)
+    return y.expand(x.shape[0]) if y.dim() == 0 else y
+
+
+class Method:
+    """Defaults of the interface; a method overrides what it does better (or at all)."""
+    name = "method"
+    OPTIONS = {}
+
+    def translate_many(self, x, y_source, targets):
+        return torch.stack([self.translate(x, y_source, t) for t in targets])
+
+    def reconstruct(self, x, y):
+        return self.translate(x, y, y)
+
+    def encode(self, x):
+        raise ValueError(f"{self.name} has no encoder")
+
+    def check_options(self, options):
+        """Inference options of this method with their defaults filled in; others are an error."""
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ValueError(f"{self.name} does not take {', '.join(unknown)} (it takes: "
+                             f"{', '.join(self.OPTIONS) or 'no options'})")
+        return {**self.OPTIONS, **options}
+
+# -----------------------------------------------------------------------------
+# configs: dataclasses with presets, stored in checkpoints as plain dicts
+
+
+def arg(default, help, **kw):
+    """A config field that train.py offers as a flag (--name-with-dashes) with this help."""
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+def check_ranges(config, positive=(), nonnegative=(), fraction=()):
+    """One-line errors for numbers out of range (NaN and infinity included), named as the flags
+    that set them."""
+    rules = ((positive, lambda v: v > 0, "> 0"), (nonnegative, lambda v: v >= 0, ">= 0"),
+             (fraction, lambda v: 0 <= v < 1, "in [0, 1)"))
+    for names, ok, what in rules:
+        for name in names:
+            v = getattr(config, name)
+            if not (math.isfinite(v) and ok(v)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number {what}, got {v}")
+
+
+def preset_config(cls, presets, name, overrides):
+    """cls(**presets[name] updated by overrides), with one-line errors for unknown names."""
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid: {sorted(fields)}")
+    return cls(**{**presets[name], **overrides})
+
+# -----------------------------------------------------------------------------
+# training helpers every method uses
+
+
+def ema_decay(step, decay):
+    """The EMA decay at a step, warmed up as min(decay, (1 + step) / (10 + step)), so that a short
+    run does not keep averaging in its random initialisation."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers are copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def average_gradients(params):
+    """Mean of the gradients over the processes of a torchrun job (nothing on one process).
+
+    GANs average by hand, as StyleGAN2-ADA does, rather than through DDP: their steps run D on real
+    and fake images, differentiate through D for a gradient penalty and alternate optimizers, none
+    of which fits DDP's one forward + one backward per step."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def count_parameters(method):
+    """Trained parameters of a method: its networks, without EMA copies, each counted once."""
+    params = {id(p): p for name, m in vars(method).items() if isinstance(m, torch.nn.Module)
+              and "ema" not in name for p in m.parameters()}
+    return sum(p.numel() for p in params.values())
+
+
+def linear_decay(step, steps, decay_from):
+    """Learning-rate factor of the image-to-image GANs: 1 until decay_from x steps, then linearly
+    to 0 at steps (CycleGAN: 100 + 100 epochs; StarGAN: 100k + 100k iterations)."""
+    start = int(decay_from * steps)
+    return 1.0 if step < start else max(0.0, 1 - (step - start) / max(1, steps - start))
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+# -----------------------------------------------------------------------------
+# checkpoints: one dict that loads with torch.load(weights_only=True)
+#   version, method, config, classes, channels, normalization, state (the method's state_dict;
+#   entries named optimizer* only matter for resuming), step, rng, args (train.py's flags)
+
+
+def save_checkpoint(obj, path):
+    """Atomic save: write a temp file next to `path`, fsync, then rename, so a crash never leaves
+    half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file owner-only; a checkpoint is not secret
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def make_checkpoint(method, ds, step, args):
+    """The checkpoint dict of a method trained on dataset ds, after `step` optimizer steps."""
+    return {"version": CHECKPOINT_VERSION, "method": method.name,
+            "config": dataclasses.asdict(method.config), "classes": list(ds.classes),
+            "channels": list(ds.channels),
+            "normalization": {k: [float(v) for v in ds.normalization[k]] for k in ("low", "high")},
+            "state": method.state_dict(), "step": step, "rng": rng_state(), "args": args}
+
+
+def _from_version_1(ckpt):
+    """Checkpoints from before the method interface (PhenDiff only): the UNet config and the
+    schedule become the PhenDiff config, the weights its state. Enough to translate; not to resume."""
+    config = {**ckpt["config"], "schedule": ckpt["schedule"]["name"], "T": ckpt["schedule"]["T"]}
+    state = {k: ckpt[k] for k in ("model", "ema", "optimizer") if k in ckpt}
+    rest = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer", "schedule")}
+    return {**rest, "version": CHECKPOINT_VERSION, "method": "phendiff", "config": config,
+            "state": state, "from_version": 1}
+
+
+def load_checkpoint(path):
+    """Load a checkpoint on the CPU; anything else is a one-line ValueError naming the file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # garbage, truncation, or pickled objects that weights_only refuses
+        raise ValueError(f"checkpoint {path}: cannot be read as a weights-only torch file "
+                         f"({type(e).__name__}); is it a phendiff checkpoint?") from e
+    if not isinstance(ckpt, dict) or "version" not in ckpt:
+        raise ValueError(f"checkpoint {path}: a torch file but not a phendiff checkpoint "
+                         "(no 'version' entry)")
+    if ckpt["version"] == 1 and all(k in ckpt for k in ("config", "schedule", "model")):
+        ckpt = _from_version_1(ckpt)
+    if ckpt["version"] != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path}: version {ckpt['version']!r}, this code reads versions 1 "
+                         f"and {CHECKPOINT_VERSION}")
+    missing = [k for k in ("method", "config", "classes", "state") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path}: missing entries {missing}")
+    return ckpt
+
+
+def checkpoint_path(path):
+    """A checkpoint file, or a run folder holding last.pt."""
+    path = Path(path)
+    return path / "last.pt" if path.is_dir() and (path / "last.pt").exists() else path
+
+
+def build(ckpt, device="cpu", **options):
+    """The method of a loaded checkpoint, weights in place, ready to translate."""
+    cls = method_class(ckpt["method"])
+    try:
+        config = cls.Config(**ckpt["config"])
+    except TypeError as e:  # a field this code does not know: another version of the method
+        raise ValueError(f"{ckpt['method']} checkpoint with a config this code cannot read: {e}") from e
+    method = cls(config, device, **options)
+    try:
+        method.load_state_dict(ckpt["state"])
+    except (RuntimeError, KeyError) as e:  # weights of another shape, or a missing net
+        first = str(e).strip().splitlines()[0][:200]
+        raise ValueError(f"{ckpt['method']} checkpoint whose weights do not fit its config ({first})") from e
+    return method
+
+
+def load_method(path, device="cpu", **options):
+    """(method, checkpoint) from a checkpoint file or run folder. A folder of runs, one per class
+    pair (CycleGAN), loads as one method over all their classes (the class's `combine`)."""
+    path = Path(path)
+    if path.is_dir() and not (path / "last.pt").exists():
+        runs = sorted(path.glob("*/last.pt"))
+        if not runs:
+            raise ValueError(f"{path} holds no last.pt, nor run folders with one")
+        loaded = [load_method(r, device, **options) for r in runs]
+        names = sorted({ckpt["method"] for _, ckpt in loaded})
+        cls = method_class(names[0])
+        if len(names) > 1 or not hasattr(cls, "combine"):
+            raise ValueError(f"{path} holds several runs ({', '.join(names)}); pass one of them")
+        return cls.combine(loaded)
+    ckpt = load_checkpoint(checkpoint_path(path))
+    return build(ckpt, device, **options), ckpt
+
+
+def rng_state():
+    """Global torch / numpy / python generator states as tensors and ints (weights_only-loadable)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    version, py_key, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(key.astype(np.int64)),
+            "numpy_pos": pos, "numpy_gauss": [has_gauss, gauss], "python": torch.tensor(py_key),
+            "python_gauss": py_gauss, "python_version": version}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    key = s["numpy"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, s["numpy_pos"], *s["numpy_gauss"]))
+    random.setstate((s["python_version"], tuple(s["python"].tolist()), s["python_gauss"]))

@@ -1,0 +1,156 @@
+"""Every figure the project draws, with matplotlib's object API (no pyplot: no display, no global
+state) or, for plain image grids, files.save_png. Images come in the model's [-1, 1] and are shown with
+files.to_uint8, so every figure uses one channel rule (grey, or RGB = actin, tubulin, DNA)."""
+import math
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+import files
+
+
+def _save(fig, path, dpi=110):
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _show(ax, img, **kw):
+    """One (H, W, 1 or 3) uint8 image or (H, W) map, without axes."""
+    ax.imshow(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img,
+              **({"cmap": "gray"} if img.ndim == 3 and img.shape[-1] == 1 else {}), **kw)
+    ax.set_axis_off()
+
+
+def image_grid(x, rows, path):
+    """(rows * cols, C, H, W) in [-1, 1] -> one PNG, a 1-pixel black border around each image."""
+    x = files.to_uint8(x)  # (N, H, W, 1 or 3)
+    x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    n, h, w, c = x.shape
+    x = x.reshape(rows, n // rows, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, -1, c)
+    files.save_png(x, path)
+
+
+def loss_curves(rows, keys, path):
+    """One panel per logged quantity against step; log scale where it stays positive."""
+    fig = Figure(figsize=(4 * len(keys), 3))
+    for ax, k in zip(np.atleast_1d(fig.subplots(1, len(keys))), keys):
+        pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None and math.isfinite(r[k])]
+        if pts:
+            ax.plot(*zip(*pts))
+        ax.set(xlabel="step", title=k, yscale="log" if pts and min(v for _, v in pts) > 0 else "linear")
+        ax.grid(alpha=0.3)
+    return _save(fig, path, dpi=100)
+
+
+def difference_map(x, x_translated):
+    """Signed change per pixel, translated - input, averaged over channels, in [0, 1] display
+    units (model images are in [-1, 1], hence the / 2): (B, H, W). Red = brighter after."""
+    return (x_translated - x).mean(1) / 2
+
+
+def translation_figure(x, outputs, path, title, n=8):
+    """The paper's Fig. 1 for up to n images: input | (translated, difference) per target.
+    outputs: {target name: (B, C, H, W)}. Differences share one symmetric colour scale."""
+    x = x[:n]
+    diffs = {k: difference_map(x, v[:n]).cpu().numpy() for k, v in outputs.items()}
+    lim = max(max(float(np.abs(d).max()) for d in diffs.values()), 1e-3)
+    cols = [("input", files.to_uint8(x), {})]
+    for k, v in outputs.items():
+        cols += [(k, files.to_uint8(v[:n]), {}),
+                 ("difference", diffs[k], dict(cmap="seismic", vmin=-lim, vmax=lim))]
+    fig = Figure(figsize=(1.6 * len(cols), 1.6 * len(x) + 0.5))
+    axes = fig.subplots(len(x), len(cols), squeeze=False)
+    for c, (name, imgs, kw) in enumerate(cols):
+        axes[0, c].set_title(name, fontsize=7)
+        for r in range(len(x)):
+            _show(axes[r, c], imgs[r], **kw)
+    fig.suptitle(f"{title}   (difference = translated - input, mean over channels, red = brighter, "
+                 f"±{lim:.2f})", fontsize=8)
+    return _save(fig, path)
+
+
+def dose_series(x, series, path, title, n=2):
+    """The paper's Fig. 3: a row per (compound, image), its concentrations left to right after the
+    input. series: {compound: (class names by dose, (doses, B, C, H, W))}."""
+    rows = [(k, i) for i in range(min(n, len(x))) for k in series]
+    cols = 1 + max(len(v[0]) for v in series.values())
+    fig = Figure(figsize=(1.3 * cols, 1.45 * len(rows)))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for r, (k, i) in enumerate(rows):
+        names, y = series[k]
+        imgs = [files.to_uint8(x[i])] + [files.to_uint8(y[j, i]) for j in range(len(names))]
+        labels = ["input"] + [f"{files.parse_class(c)[1]:g} µM" for c in names]
+        for c, ax in enumerate(axes[r]):
+            ax.set_axis_off()
+            if c < len(imgs):
+                _show(ax, imgs[c])
+                ax.set_title(labels[c], fontsize=7)
+        axes[r, 0].text(-0.1, 0.5, f"{k}\n#{i}", transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def dose_response(conc, curves, features, path):
+    """Per compound, real vs translated per-concentration means of one feature.
+    conc: {compound: (doses,)}; curves: {(source, compound): {feature: (doses,)}}."""
+    fig = Figure(figsize=(3.6 * len(conc), 3))
+    for ax, (k, c) in zip(np.atleast_1d(fig.subplots(1, len(conc))), conc.items()):
+        for src, style in (("real", "o-"), ("translated", "s--")):
+            ax.plot(c, curves[src, k][features[k]], style, label=src)
+        ax.set_xscale("log")
+        ax.set_title(f"{k}: {features[k]}", fontsize=8)
+        ax.set_xlabel("concentration (µM)", fontsize=8)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig4(r, groups, path):
+    """One histogram per compound of the per-feature Pearson r, real vs translated, across doses."""
+    fig = Figure(figsize=(3.5 * len(groups), 3))
+    axes = np.atleast_1d(fig.subplots(1, len(groups)))
+    for ax, (k, rk) in zip(axes, r.items()):
+        v = np.array(list(rk.values()))
+        v = v[np.isfinite(v)]
+        ax.hist(v, bins=np.linspace(-1, 1, 21))
+        med = np.median(v) if len(v) else math.nan
+        ax.set_title(f"{k} ({len(groups[k])} conc.), median r {med:.2f}", fontsize=8)
+        ax.set_xlabel("Pearson r, real vs translated")
+    axes[0].set_ylabel("features")
+    return _save(fig, path, dpi=100)
+
+
+def bars(names, values, ylabel, path):
+    """A bar per class (Table 1's per-class FID)."""
+    fig = Figure(figsize=(max(4, 0.4 * len(names) + 2), 3.5))
+    ax = fig.subplots()
+    ax.bar(range(len(names)), values)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel(ylabel)
+    return _save(fig, path, dpi=100)
+
+
+def image_rows(rows, path, k=8):
+    """Rows of images with a title each, e.g. real / reconstructed: {title: (N, C, H, W)}."""
+    k = min(k, *(len(v) for v in rows.values()))
+    fig = Figure(figsize=(1.5 * k, 1.6 * len(rows)))
+    axes = fig.subplots(len(rows), k, squeeze=False)
+    for r, (title, imgs) in enumerate(rows.items()):
+        shown = files.to_uint8(torch.as_tensor(imgs[:k]))
+        for j in range(k):
+            _show(axes[r, j], shown[j])
+        axes[r, 0].set_title(title, fontsize=8, loc="left")
+    return _save(fig, path, dpi=100)
+
+
+def boxes(groups, ylabel, title, path):
+    """Box plots of named value sets (Fig. 2b)."""
+    fig = Figure(figsize=(1.4 * len(groups) + 1, 3.5))
+    ax = fig.subplots()
+    ax.boxplot([v for _, v in groups])
+    ax.set_xticks(range(1, len(groups) + 1), [n for n, _ in groups], fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
+    return _save(fig, path, dpi=100)
