@@ -14,7 +14,6 @@ Channel order of 3-channel cell images: R = actin, G = tubulin, B = DNA (Golgi s
     python data.py montage --out docs/    # one PNG per compound, DMSO -> top dose
     python data.py table                  # compound -> parameters -> EC50 -> effect at the top dose
 """
-import argparse
 import csv
 import time
 from pathlib import Path
@@ -222,6 +221,7 @@ def _read_npz(path, size, fit):
         channels = [str(c) for c in f["channels"]] if "channels" in f.files else None
     if labels.shape != images.shape[:1] or labels.min() < 0 or labels.max() >= len(classes):
         raise ValueError(f"{path}: labels must be (N,) indices into the {len(classes)} classes")
+    files.check_finite(images, f"the images of {path}")
     raw = fit_size(np.moveaxis(files._unit(images if images.ndim == 4 else images[..., None]),
                                -1, 1), size, fit, path)
     roles = [next((k for k, names in CHANNEL_ALIASES.items()
@@ -429,7 +429,7 @@ def effect_table(n_per_class=200, seed=0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="data.py", description="phendiff datasets: synthetic "
+    p = files.Parser(prog="data.py", description="phendiff datasets: synthetic "
                                 "benchmark, BBBC021 preparation, montages")
     sub = p.add_subparsers(dest="cmd", required=True)
     syn = sub.add_parser("synthetic",
@@ -442,12 +442,12 @@ def main(argv=None):
     pre.add_argument("--bbbc021", required=True, help=f"BBBC021 root (holds {BBBC021_CSV})")
     pre.add_argument("--fit", default="crop", choices=["crop", "resize"],
                      help="random crops, or the centre square resized")
-    pre.add_argument("--crops-per-site", type=int, default=4)
+    pre.add_argument("--crops-per-site", type=files.integer(1), default=4)
     mon = sub.add_parser("montage", help="one PNG per compound, DMSO -> top dose, the same fields "
                          "in every column")
     mon.add_argument("--out", default="docs")
-    mon.add_argument("--rows", type=int, default=4)
-    mon.add_argument("--scale", type=int, default=3,
+    mon.add_argument("--rows", type=files.integer(1), default=4)
+    mon.add_argument("--scale", type=files.integer(1), default=3,
                      help="nearest-neighbour upscaling for visibility")
     tab = sub.add_parser("table",
                          help="print the compound -> parameter -> EC50 -> top-dose effect table")
@@ -458,9 +458,9 @@ def main(argv=None):
     for s in (syn, pre, mon):
         s.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     for s, size in ((syn, 64), (pre, 128), (mon, 64)):
-        s.add_argument("--size", type=int, default=size)
+        s.add_argument("--size", type=files.integer(8), default=size)
     for s in (syn, tab):
-        s.add_argument("--n-per-class", type=int, default=200)
+        s.add_argument("--n-per-class", type=files.integer(1), default=200)
     for s in (syn, pre, mon, tab):
         s.add_argument("--seed", type=int, default=0)
     syn.set_defaults(run=cmd_synthetic)

@@ -17,9 +17,8 @@ from tqdm import tqdm
 
 import data
 import files
-import method as M
 import plots
-from eval import dose_response, reconstruction_error, spearman
+from eval import dose_response, load_variants, reconstruction_error, spearman, variant_flags
 
 HERE = Path(__file__).resolve().parent
 DEMO_CKPT = HERE / "checkpoints" / "demo.pt"
@@ -33,7 +32,8 @@ DEMO_PRESETS = {
             "--preset small --prediction v --batch-size 64 --lr 2e-4 --warmup 500 --steps 40000 "
             "--ema-decay 0.9995 --ckpt-every 5000 --sample-every 5000 --seed 0"),
 }
-DEMO_SEED = 1  # the model was trained on seed 0: the demo's images are new draws of the same classes
+# the model was trained on seed 0: the demo's images are new draws of the same classes
+DEMO_SEED = 1
 ACTIN = "cells_actin_mean"  # mean actin intensity in cell regions, the Latrunculin B read-out
 LAT = "latrunculin_b"
 
@@ -41,20 +41,25 @@ LAT = "latrunculin_b"
 def add_arguments(p, device):
     p.add_argument("--out", default="runs/demo", help="report folder (%(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
-    p.add_argument("--ckpt", help=f"a checkpoint of any method trained on synthetic BBBC021 classes "
-                                  f"(default {DEMO_CKPT.name})")
-    p.add_argument("--train", action="store_true", help="train the demo model first (recorded command)")
+    p.add_argument("--ckpt",
+                   help=f"a checkpoint of any method trained on synthetic BBBC021 classes "
+                        f"(default {DEMO_CKPT.name})")
+    p.add_argument("--train", action="store_true",
+                   help="train the demo model first (recorded command)")
     p.add_argument("--preset", default="cpu", choices=list(DEMO_PRESETS),
-                   help="cpu: the shipped 32x32 model; gpu: train a 64x64 model first (--device cuda)")
-    p.add_argument("--train-args", default="", help="flags appended to the recorded training command")
-    p.add_argument("--n", type=int, default=48, help="held-out images per class (inputs and references)")
-    p.add_argument("--ddim-steps", type=int, default=50, help="phendiff: DDIM steps each way")
-    p.add_argument("--n-recon", type=int, default=32, help="images for the reconstruction error")
-    p.add_argument("--fixed-point-iters", type=int, default=5,
-                   help="phendiff: iterations of the exact-inversion row")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="processes for feature extraction")
-    p.add_argument("--device", default=device)
+                   help="cpu: the shipped 32x32 model; gpu: train a 64x64 model first "
+                        "(--device cuda)")
+    p.add_argument("--train-args", default="",
+                   help="flags appended to the recorded training command")
+    p.add_argument("--n", type=files.integer(3), default=48,
+                   help="held-out images per class (inputs and references)")
+    variant_flags(p)
+    p.add_argument("--n-recon", type=files.integer(1), default=32,
+                   help="images for the reconstruction error")
+    p.add_argument("--batch-size", type=files.integer(1), default=64)
+    p.add_argument("--workers", type=files.integer(1), default=2,
+                   help="processes for feature extraction")
+    p.add_argument("--device", type=files.device, default=device)
 
 
 def median(values):
@@ -73,20 +78,6 @@ def train_demo_model(out, preset, extra):
     return out / "last.pt"
 
 
-def load(args, ckpt_path):
-    """The checkpoint's method for translation, and its variants for the reconstruction table."""
-    ckpt = M.load_checkpoint(M.checkpoint_path(ckpt_path)) if Path(ckpt_path).is_file() else None
-    if ckpt and ckpt["method"] == "phendiff":
-        def phendiff(iters):
-            return M.build(ckpt, args.device, ddim_steps=args.ddim_steps, fixed_point_iters=iters)
-        net = phendiff(0)
-        return net, ckpt, {"plain eq. 6": net,
-                           f"exact ({args.fixed_point_iters} fixed-point iters)":
-                               phendiff(args.fixed_point_iters)}
-    net, ckpt = M.load_method(ckpt_path, args.device)
-    return net, ckpt, {"reconstruct (translate to the own class)": net}
-
-
 def batched(fn, tensors, args, desc=None):
     """fn over batches of the tensors (split alike along dim 0) on args.device; the results
     concatenated along the image dimension (-4), on the CPU."""
@@ -97,15 +88,18 @@ def batched(fn, tensors, args, desc=None):
     return torch.cat(parts, -4)
 
 
-def input_preservation(x, y, classes, names):
-    """Shuffled-input control: PSNR of each translation against its own input and against another
-    input (the next one), and the share of translations closer to their own input."""
+def input_preservation(net, x, y, classes, names, args):
+    """Shuffled-input control and cycle: PSNR of each translation against its own input and
+    against another input (the next one), the share closer to its own, and the PSNR of the cycle
+    DMSO -> target -> DMSO against the input."""
     rows = {}
     for name in names:
-        t = y[classes.index(name)]
-        own = reconstruction_error(x, t)["psnr"]
-        other = reconstruction_error(x.roll(1, 0), t)["psnr"]
-        rows[name] = (own.mean(), other.mean(), float((own > other).mean()))
+        t = classes.index(name)
+        own = reconstruction_error(x, y[t])["psnr"]
+        other = reconstruction_error(x.roll(1, 0), y[t])["psnr"]
+        back = batched(lambda yb: net.translate(yb, t, 0), [y[t]], args)
+        rows[name] = (own.mean(), other.mean(), float((own > other).mean()),
+                      reconstruction_error(x, back)["psnr"].mean())
     return rows
 
 
@@ -115,14 +109,19 @@ def run(args):
     ckpt_path = Path(args.ckpt) if args.ckpt else DEMO_CKPT
     if not args.ckpt and (args.train or args.preset != "cpu" or not ckpt_path.exists()):
         ckpt_path = train_demo_model(out / "train", args.preset, args.train_args)
-    net, ckpt, variants = load(args, ckpt_path)
+    # PhenDiff with plain and exact inversion for the reconstruction table; the plain one translates
+    ckpt, variants = load_variants(ckpt_path, args.device, args.ddim_steps, args.fixed_point_iters)
+    net = next(iter(variants.values()))
     classes, size = ckpt["classes"], ckpt["config"]["image_size"]
-    print(f"{ckpt['method']} {ckpt_path} ({len(classes)} classes, {size}x{size}, step {ckpt.get('step')})")
-    chosen = [k for k in files.compounds(classes) if k in data.COMPOUNDS]  # models of some compounds too
+    print(f"{ckpt['method']} {ckpt_path} ({len(classes)} classes, {size}x{size}, "
+          f"step {ckpt.get('step')})")
+    # models of some compounds too
+    chosen = [k for k in files.compounds(classes) if k in data.COMPOUNDS]
     ds = data.synthetic_dataset("bbbc021", n_per_class=args.n, image_size=size, seed=DEMO_SEED,
                                 compounds=chosen)
     if ds.classes != classes:
-        raise ValueError(f"{ckpt_path} was not trained on classes of the synthetic BBBC021 benchmark")
+        raise ValueError(f"{ckpt_path} was not trained on classes of the synthetic BBBC021 "
+                         "benchmark")
     series = {k: v for k, v in files.compounds(classes).items() if k != "DMSO"}
     x = ds.images[ds.labels == 0]
 
@@ -141,7 +140,7 @@ def run(args):
     xr, yr = ds.images[pick], ds.labels[pick]
     recon = {name: reconstruction_error(xr, batched(m.reconstruct, [xr, yr], args))
              for name, m in variants.items()}
-    preserved = input_preservation(x, y, classes, ["DMSO", *tops])
+    preserved = input_preservation(net, x, y, classes, ["DMSO", *tops], args)
 
     # 3. Fig. 4: per-feature means of real and translated images at each concentration
     real = {c: (ds.images[ds.labels == i] + 1) / 2 for i, c in enumerate(classes)}
@@ -164,8 +163,9 @@ def run(args):
     numbers = dict(groups=groups, varying=varying, r=r, median_r=median_r, rho=rho, conc=conc,
                    curve=curve, recon=recon, preserved=preserved)
     write_report(out, ckpt_path, ckpt, args, len(x), numbers)
-    print(f"Latrunculin B actin: Spearman rho(real, translated) = {rho:.2f} (target >= 0.8); median "
-          f"Pearson r over {len(varying)} dose-varying features = {median_r:.2f} (target >= 0.7)")
+    print(f"Latrunculin B actin: Spearman rho(real, translated) = {rho:.2f} (target >= 0.8); "
+          f"median Pearson r over {len(varying)} dose-varying features = {median_r:.2f} "
+          "(target >= 0.7)")
     print(f"wrote {out}/report.md")
 
 
@@ -224,11 +224,12 @@ def _input_sections(args, n):
              "| reconstruction | L2 (mean ± sd) | MSE | PSNR (dB) |", "|---|---|---|---|"]
     lines += [f"| {name} | {e['l2'].mean():.3f} ± {e['l2'].std():.3f} | {e['mse'].mean():.2e} | "
               f"{e['psnr'].mean():.1f} |" for name, e in n["recon"].items()]
-    lines += ["", "## Does a translation keep its input? (shuffled-input control)", "",
+    lines += ["", "## Does a translation keep its input? (shuffled-input control, cycle)", "",
               "PSNR of each DMSO input's translation against that input and against another DMSO "
-              "input (the next one): a translator that ignores its input is no closer to its own.",
-              "", "| target | PSNR to own input (dB) | PSNR to another input (dB) | closer to own |",
-              "|---|---|---|---|"]
-    lines += [f"| {t} | {own:.1f} | {other:.1f} | {share:.0%} |"
-              for t, (own, other, share) in n["preserved"].items()]
+              "input (the next one): a translator that ignores its input is no closer to its own. "
+              "Cycle: the translation translated back to DMSO, against the input.", "",
+              "| target | PSNR to own input (dB) | PSNR to another input (dB) | closer to own | "
+              "cycle PSNR (dB) |", "|---|---|---|---|---|"]
+    lines += [f"| {t} | {own:.1f} | {other:.1f} | {share:.0%} | {cycle:.1f} |"
+              for t, (own, other, share, cycle) in n["preserved"].items()]
     return lines

@@ -42,24 +42,29 @@ from inception import WEIGHTS_ENV, WEIGHTS_FILE, InceptionV3, load_inception  # 
 # Frechet distance, FID
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (Dowson & Landau 1982)."""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    """d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians
+    (Dowson & Landau 1982)."""
+    mu1, mu2 = (np.atleast_1d(np.asarray(mu1, np.float64)),
+                np.atleast_1d(np.asarray(mu2, np.float64)))
+    s1, s2 = (np.atleast_2d(np.asarray(sigma1, np.float64)),
+              np.atleast_2d(np.asarray(sigma2, np.float64)))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
-        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {s1.shape} vs {s2.shape}")
     product = s1 @ s2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", linalg.LinAlgWarning)  # singular: handled below
         covmean = linalg.sqrtm(product)
-    if not np.isfinite(covmean).all() or np.abs(covmean @ covmean - product).max() > 1e-6 * np.abs(product).max():
+    if (not np.isfinite(covmean).all()
+            or np.abs(covmean @ covmean - product).max() > 1e-6 * np.abs(product).max()):
         # singular product (e.g. fewer images than feature dimensions): nudge both diagonals
         offset = np.eye(len(mu1)) * eps
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
         imag = np.abs(np.diagonal(covmean).imag).max()
         if imag > 1e-3:
-            raise ValueError(f"sqrtm has a large imaginary component ({imag:.3g}); the covariances are "
-                             "ill-conditioned, use more images")
+            raise ValueError(f"sqrtm has a large imaginary component ({imag:.3g}); the covariances "
+                             "are ill-conditioned, use more images")
         covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
@@ -67,8 +72,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
 
 @torch.no_grad()
 def encode(images, encoder, batch_size=16, device="cpu"):
-    """(N, C, H, W) images in [0, 1] -> (N, D) float64 features of any encoder callable (Inception or a domain one)."""
-    out = [encoder(torch.as_tensor(np.asarray(images[i:i + batch_size]), dtype=torch.float32, device=device))
+    """(N, C, H, W) images in [0, 1] -> (N, D) float64 features of any encoder callable
+    (Inception or a domain one)."""
+    out = [encoder(torch.as_tensor(np.asarray(images[i:i + batch_size]), dtype=torch.float32,
+                                   device=device))
            for i in range(0, len(images), batch_size)]
     return torch.cat(out).double().cpu().numpy()
 
@@ -76,25 +83,30 @@ def encode(images, encoder, batch_size=16, device="cpu"):
 def feature_distance(f1, f2):
     """Frechet distance between the Gaussians fitted to two (N, D) feature sets.
 
-    With fewer images than dimensions (per-class FID: tens of images, 2048-d) the covariances are singular
-    and sqrtm of a D x D product is slow and fragile. Tr (S1 S2)^(1/2) is then computed exactly as the
-    nuclear norm of A1 A2^T / sqrt((n1-1)(n2-1)), A the centred features: its squared singular values
-    are the non-zero eigenvalues of S1 S2."""
+    With fewer images than dimensions (per-class FID: tens of images, 2048-d) the covariances are
+    singular and sqrtm of a D x D product is slow and fragile. Tr (S1 S2)^(1/2) is then computed
+    exactly as the nuclear norm of A1 A2^T / sqrt((n1-1)(n2-1)), A the centred features: its squared
+    singular values are the non-zero eigenvalues of S1 S2."""
     f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    files.check_finite(f1, "the first feature set")
+    files.check_finite(f2, "the second feature set")
     (n1, d), n2 = f1.shape, len(f2)
     if n1 < 2 or n2 < 2:
         raise ValueError(f"need at least 2 images per set for a covariance, got {n1} and {n2}")
     if min(n1, n2) > d:
-        return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+        return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False),
+                                f2.mean(0), np.cov(f2, rowvar=False))
     a1, a2 = f1 - f1.mean(0), f2 - f2.mean(0)
     tr_covmean = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum() / math.sqrt((n1 - 1) * (n2 - 1))
     diff = f1.mean(0) - f2.mean(0)
-    return float(diff @ diff + (a1 ** 2).sum() / (n1 - 1) + (a2 ** 2).sum() / (n2 - 1) - 2 * tr_covmean)
+    return float(diff @ diff + (a1 ** 2).sum() / (n1 - 1) + (a2 ** 2).sum() / (n2 - 1)
+                 - 2 * tr_covmean)
 
 
 
 def fid(images1, images2, encoder, batch_size=16, device="cpu"):
-    """FID (with an InceptionV3) or its analogue for any encoder; arrays in [0, 1] or folder paths."""
+    """FID (with an InceptionV3) or its analogue for any encoder; arrays in [0, 1] or folder
+    paths."""
     sets = [files.read_stack(files.list_images([x])) if isinstance(x, (str, Path)) else x
             for x in (images1, images2)]
     return feature_distance(*(encode(x, encoder, batch_size, device) for x in sets))
@@ -113,6 +125,14 @@ def reconstruction_error(x, rec):
             "psnr": (-10 * torch.log10(mse.clamp_min(1e-12))).numpy()}
 
 
+def variant_flags(p):
+    """The flags of load_variants, for every command that reconstructs (recon, the demo)."""
+    p.add_argument("--ddim-steps", type=files.integer(1), default=50,
+                   help="phendiff: DDIM steps each way (%(default)s)")
+    p.add_argument("--fixed-point-iters", type=files.integer(0), default=5,
+                   help="phendiff: iterations of the exact-inversion row (%(default)s)")
+
+
 def load_variants(path, device, ddim_steps, fixed_point_iters):
     """(checkpoint, {name: method}) for Table 2: PhenDiff with plain (eq. 6) and exact inversion,
     any other method (or a folder of CycleGAN pair runs) as it is."""
@@ -123,7 +143,8 @@ def load_variants(path, device, ddim_steps, fixed_point_iters):
             build = lambda k: M.build(ckpt, device, ddim_steps=ddim_steps,  # noqa: E731
                                       fixed_point_iters=k)
             return ckpt, {"plain eq. 6": build(0),
-                          f"exact ({fixed_point_iters} fixed-point iters)": build(fixed_point_iters)}
+                          f"exact ({fixed_point_iters} fixed-point iters)":
+                              build(fixed_point_iters)}
     net, ckpt = M.load_method(path, device)
     return ckpt, {"translate to the own class": net}
 
@@ -141,7 +162,8 @@ def pearson(a, b):
 
 
 def spearman(a, b):
-    """Spearman's rho: Pearson's r of the (average) ranks of the finite pairs; nan when undefined."""
+    """Spearman's rho: Pearson's r of the (average) ranks of the finite pairs; nan when
+    undefined."""
     ok = np.isfinite(a) & np.isfinite(b)
     return pearson(stats.rankdata(a[ok]), stats.rankdata(b[ok]))
 
@@ -149,7 +171,8 @@ def spearman(a, b):
 def dose_response(real, fake, workers=1, **feature_kw):
     """Fig. 4's numbers. real, fake: {class: (N, C, H, W) in [0, 1]}. Returns groups {compound: its
     classes by increasing dose}, means {(source, class): {feature: mean}} with source "real" or
-    "translated", and r {compound: {feature: Pearson r across doses of real vs translated means}}."""
+    "translated", and r {compound: {feature: Pearson r across doses of real vs translated
+    means}}."""
     groups = {k: [c for c in v if c in fake] for k, v in files.compounds(list(real)).items()
               if k != "DMSO"}
     groups = {k: v for k, v in groups.items() if len(v) >= 3}
@@ -192,7 +215,8 @@ def write_csv(path, header, rows):
 
 def out(a, *writes):
     """The command's --out, checked against its inputs and earlier results before any compute."""
-    inputs = [p for p in (getattr(a, k, None) for k in ("real", "fake", "rec", "path1", "path2")) if p]
+    inputs = [p for p in (getattr(a, k, None) for k in ("real", "fake", "rec", "path1", "path2"))
+              if p]
     return files.out_folder(a.out, inputs, writes, a.overwrite)
 
 
@@ -218,13 +242,15 @@ def cmd_table1(a):
                          f"({', '.join(real)})")
     rows = [[c, len(real[c]), len(fake[c]), fid(real[c], fake[c], net, a.batch_size, a.device)]
             for c in common]
-    mean = ["mean", sum(r[1] for r in rows), sum(r[2] for r in rows), float(np.mean([r[3] for r in rows]))]
+    mean = ["mean", sum(r[1] for r in rows), sum(r[2] for r in rows),
+            float(np.mean([r[3] for r in rows]))]
     write_csv(folder / "table1.csv", ["class", "n_real", "n_translated", "fid"], rows + [mean])
     plots.bars(common, [r[3] for r in rows], "FID (translated vs real)", folder / "table1.png")
 
 
 def recon_from_folders(a):
-    """Real images and their reconstructions, matched by file name (stem): (names, x, rec) in [-1, 1]."""
+    """Real images and their reconstructions, matched by file name (stem): (names, x, rec) in
+    [-1, 1]."""
     real = {f.stem: f for f in files.list_images([a.real])}
     rec = {f.stem: f for f in files.list_images([a.rec])}
     names = sorted(set(real) & set(rec))
@@ -235,21 +261,22 @@ def recon_from_folders(a):
         warnings.warn(f"{len(real) - len(names)} real image(s) have no reconstruction in {a.rec}")
     x, r = (torch.from_numpy(files.read_stack([d[n] for n in names])) * 2 - 1 for d in (real, rec))
     if x.shape != r.shape:
-        raise ValueError(f"real images {tuple(x.shape[1:])} and reconstructions {tuple(r.shape[1:])} "
-                         "differ in shape")
+        raise ValueError(f"real images {tuple(x.shape[1:])} and reconstructions "
+                         f"{tuple(r.shape[1:])} differ in shape")
     return names, x, {"reconstruction": r}
 
 
 def recon_from_checkpoint(a):
     """The shortcut: n images of --data reconstructed by the checkpoint's method (every variant)."""
     ckpt, variants = load_variants(a.ckpt, a.device, a.ddim_steps, a.fixed_point_iters)
-    ds = data.load_dataset(a.data, image_size=ckpt["config"]["image_size"], n_per_class=a.n_per_class,
-                           seed=a.seed, normalization=ckpt.get("normalization"))
+    ds = data.load_dataset(a.data, image_size=ckpt["config"]["image_size"],
+                           n_per_class=a.n_per_class, seed=a.seed,
+                           normalization=ckpt.get("normalization"))
     known = [c in ckpt["classes"] for c in ds.classes]
     keep = [i for i, y in enumerate(ds.labels.tolist()) if known[y]]
     if not keep:
-        raise ValueError(f"no class of {a.data} ({', '.join(ds.classes[:5])}, ...) is a class of the "
-                         "checkpoint")
+        raise ValueError(f"no class of {a.data} ({', '.join(ds.classes[:5])}, ...) is a class "
+                         "of the checkpoint")
     order = torch.randperm(len(keep), generator=torch.Generator().manual_seed(a.seed))[:a.n]
     keep = [keep[i] for i in order]
     x = ds.images[keep]
@@ -258,7 +285,8 @@ def recon_from_checkpoint(a):
     with torch.no_grad():
         for name, m in variants.items():
             recs[name] = torch.cat([m.reconstruct(xb.to(a.device), yb.to(a.device)).cpu()
-                                    for xb, yb in zip(x.split(a.batch_size), y.split(a.batch_size))])
+                                    for xb, yb in zip(x.split(a.batch_size),
+                                                      y.split(a.batch_size))])
     return [f"{i}:{ckpt['classes'][c]}" for i, c in zip(keep, y.tolist())], x, recs
 
 
@@ -272,13 +300,15 @@ def cmd_recon(a):
     rows, per_image = [], []
     for variant, rec in recs.items():
         e = reconstruction_error(x, rec)
-        rows.append([variant, len(x), e["l2"].mean(), e["l2"].std(), e["mse"].mean(), e["psnr"].mean(),
-                     e["psnr"].std()])
-        per_image += [[variant, n, e["l2"][j], e["mse"][j], e["psnr"][j]] for j, n in enumerate(names)]
+        rows.append([variant, len(x), e["l2"].mean(), e["l2"].std(), e["mse"].mean(),
+                     e["psnr"].mean(), e["psnr"].std()])
+        per_image += [[variant, n, e["l2"][j], e["mse"][j], e["psnr"][j]]
+                      for j, n in enumerate(names)]
         print(f"{variant}: L2 {e['l2'].mean():.4f} ([-1, 1] units)  PSNR {e['psnr'].mean():.2f} dB")
     write_csv(folder / "recon.csv", ["reconstruction", "n", "l2_mean", "l2_std", "mse_mean",
                                      "psnr_mean", "psnr_std"], rows)
-    write_csv(folder / "recon_per_image.csv", ["reconstruction", "image", "l2", "mse", "psnr"], per_image)
+    write_csv(folder / "recon_per_image.csv", ["reconstruction", "image", "l2", "mse", "psnr"],
+              per_image)
     plots.image_rows({"real": x, **recs}, folder / "recon.png")
 
 
@@ -292,7 +322,8 @@ def cmd_fig4(a):
     groups, means, r = dose_response(real, fake, a.workers, nuclei_channel=a.nuclei_channel,
                                      golgi_channel=a.golgi_channel)
     names = list(next(iter(means.values())))
-    write_csv(folder / "fig4_means.csv", ["compound", "class", "concentration_uM", "source"] + names,
+    write_csv(folder / "fig4_means.csv",
+              ["compound", "class", "concentration_uM", "source"] + names,
               [[k, c, files.parse_class(c)[1], src] + [means[src, c][n] for n in names]
                for k, cs in groups.items() for c in cs for src in ("real", "translated")])
     write_csv(folder / "fig4_correlations.csv", ["compound", "feature", "pearson_r"],
@@ -321,8 +352,8 @@ def cmd_ttest(a):
         rows.append([src, a.feature, a.a, a.b, len(va), len(vb), ma, mb, float(t), float(p)])
         groups += [(f"{src}\n{a.a}", va), (f"{src}\n{a.b}", vb)]
         print(f"{src:9s} {a.feature}: {a.a} {ma:.4g} vs {a.b} {mb:.4g}, Welch t {t:.3f}, p {p:.3g}")
-    write_csv(folder / "ttest.csv", ["source", "feature", "class_a", "class_b", "n_a", "n_b", "mean_a",
-                                     "mean_b", "t", "p"], rows)
+    write_csv(folder / "ttest.csv", ["source", "feature", "class_a", "class_b", "n_a", "n_b",
+                                     "mean_a", "mean_b", "t", "p"], rows)
     plots.boxes(groups, a.feature, "; ".join(f"{r[0]} p = {r[-1]:.2g}" for r in rows),
                 folder / "ttest.png")
 
@@ -340,14 +371,17 @@ def cmd_bench(a):
     for _ in range(a.batches):
         encode(x, net, a.batch_size, a.device)  # ends with .cpu(): synchronised on a GPU too
     print(f"inception: {a.batches * a.batch_size / (time.perf_counter() - t0):.1f} images/s "
-          f"(batch {a.batch_size}, 64x64 -> 299x299, {a.device}, {torch.get_num_threads()} threads)")
-    ds = data.synthetic_dataset("bbbc021", n_per_class=max(1, a.images // 25), image_size=64, seed=a.seed)
+          f"(batch {a.batch_size}, 64x64 -> 299x299, {a.device}, "
+          f"{torch.get_num_threads()} threads)")
+    ds = data.synthetic_dataset("bbbc021", n_per_class=max(1, a.images // 25), image_size=64,
+                                seed=a.seed)
     images = ((ds.images + 1) / 2).numpy()
     for workers in sorted({1, a.workers}):
         t0 = time.perf_counter()
         table = feature_table(images, workers=workers)
         print(f"cell_features: {len(images) / (time.perf_counter() - t0):.1f} images/s "
-              f"({len(images)} synthetic 3x64x64 images, {len(table)} features, {workers} worker(s))")
+              f"({len(images)} synthetic 3x64x64 images, {len(table)} features, "
+              f"{workers} worker(s))")
     truth = {k: np.array([t[k] for t in ds.truth])
              for k in ("n_cells", "actin_mean", "tubulin_mean", "dna_mean")}
     err = np.abs(table["nuclei_count"] - truth["n_cells"]).mean() / truth["n_cells"].mean()
@@ -359,7 +393,7 @@ def cmd_bench(a):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n")[0])
+    p = files.Parser(prog="eval.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     common = argparse.ArgumentParser(add_help=False)
@@ -367,14 +401,16 @@ def get_parser():
     common.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     incep = argparse.ArgumentParser(add_help=False)
     incep.add_argument("--inception-weights", help=f"path to {WEIGHTS_FILE} (or set {WEIGHTS_ENV})")
-    incep.add_argument("--batch-size", type=int, default=16)
-    incep.add_argument("--device", default=dev)
+    incep.add_argument("--batch-size", type=files.integer(1), default=16)
+    incep.add_argument("--device", type=files.device, default=dev)
     feats = argparse.ArgumentParser(add_help=False, parents=[common])
     feats.add_argument("--real", required=True, help="real images, root/<class>/*.png")
     feats.add_argument("--fake", help="translated/generated images, same layout")
-    feats.add_argument("--nuclei-channel", type=int, default=2)
-    feats.add_argument("--golgi-channel", type=int, help="channel with Golgi staining (golgi_* features)")
-    feats.add_argument("--workers", type=int, default=1, help="processes for feature extraction")
+    feats.add_argument("--nuclei-channel", type=files.integer(0), default=2)
+    feats.add_argument("--golgi-channel", type=files.integer(0),
+                       help="channel with Golgi staining (golgi_* features)")
+    feats.add_argument("--workers", type=files.integer(1), default=1,
+                       help="processes for feature extraction")
 
     s = sub.add_parser("fid", parents=[incep], help="FID between two image folders")
     s.add_argument("path1")
@@ -382,7 +418,8 @@ def get_parser():
     s.add_argument("--out", help="also write fid.csv here")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier fid.csv in --out")
     s.set_defaults(run=cmd_fid)
-    s = sub.add_parser("table1", parents=[incep, common], help="Table 1: per-class FID, translated vs real")
+    s = sub.add_parser("table1", parents=[incep, common],
+                       help="Table 1: per-class FID, translated vs real")
     s.add_argument("--real", required=True, help="real images, root/<class>/*.png")
     s.add_argument("--fake", required=True, help="translated images, root/<target class>/*.png")
     s.set_defaults(run=cmd_table1)
@@ -390,29 +427,31 @@ def get_parser():
     s.add_argument("--real", help="real images (a folder), matched by file name with --rec")
     s.add_argument("--rec", help="their reconstructions, e.g. OUT/DMSO of phendiff.py reconstruct")
     s.add_argument("--ckpt", help="or: reconstruct --data with this checkpoint of any method first")
-    s.add_argument("--data", default="synthetic", help="with --ckpt: synthetic | class folder | .npz | ...")
-    s.add_argument("--n", type=int, default=64, help="with --ckpt: number of images")
-    s.add_argument("--n-per-class", type=int, default=8, help="with --ckpt: synthetic images per class")
-    s.add_argument("--ddim-steps", type=int, default=50, help="phendiff: DDIM steps each way")
-    s.add_argument("--fixed-point-iters", type=int, default=5, help="phendiff: exact-inversion row")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--data", default="synthetic",
+                   help="with --ckpt: synthetic | class folder | .npz | ...")
+    s.add_argument("--n", type=files.integer(1), default=64, help="with --ckpt: number of images")
+    s.add_argument("--n-per-class", type=files.integer(1), default=8,
+                   help="with --ckpt: synthetic images per class")
+    variant_flags(s)
+    s.add_argument("--batch-size", type=files.integer(1), default=32)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default=dev)
+    s.add_argument("--device", type=files.device, default=dev)
     s.set_defaults(run=cmd_recon)
     sub.add_parser("fig4", parents=[feats], help="Fig. 4: feature correlations across doses"
                    ).set_defaults(run=cmd_fig4)
     s = sub.add_parser("ttest", parents=[feats], help="Fig. 2b: Welch t-test on one feature")
-    s.add_argument("--feature", required=True, help="a name from eval.FEATURES, e.g. golgi_area_mean")
+    s.add_argument("--feature", required=True,
+                   help="a name from eval.FEATURES, e.g. golgi_area_mean")
     s.add_argument("--a", required=True, help="first condition (class name)")
     s.add_argument("--b", required=True, help="second condition (class name)")
     s.set_defaults(run=cmd_ttest)
     s = sub.add_parser("bench", help="feature extraction throughput and accuracy")
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--batches", type=int, default=4)
-    s.add_argument("--images", type=int, default=200)
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--batch-size", type=files.integer(1), default=16)
+    s.add_argument("--batches", type=files.integer(1), default=4)
+    s.add_argument("--images", type=files.integer(25), default=200)
+    s.add_argument("--workers", type=files.integer(1), default=2)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default=dev)
+    s.add_argument("--device", type=files.device, default=dev)
     s.set_defaults(run=cmd_bench)
     return p
 

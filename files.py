@@ -9,6 +9,10 @@ One set of rules for the whole project:
   user says --overwrite (`out_folder`);
 - a mistake the user can fix ends in one line on stderr and exit code 2 (`run_command`).
 """
+import argparse
+import contextlib
+import fcntl
+import os
 import re
 import warnings
 from pathlib import Path
@@ -34,7 +38,8 @@ def class_name(compound, concentration):
 
 
 def parse_class(name):
-    """'latrunculin_b_0.1uM' -> ('latrunculin_b', 0.1); 'DMSO' -> ('DMSO', 0.0); else (name, None)."""
+    """'latrunculin_b_0.1uM' -> ('latrunculin_b', 0.1); 'DMSO' -> ('DMSO', 0.0); else
+    (name, None)."""
     if name.upper() == "DMSO":
         return "DMSO", 0.0
     m = re.fullmatch(r"(.+)_([0-9.]+(?:e-?[0-9]+)?)u[mM]", name)
@@ -105,7 +110,17 @@ def read_image(path):
     if a.ndim != 3 or a.shape[-1] > 8 or a.dtype.kind not in "uifb":
         raise ValueError(f"{path}: expected an (H, W) or (H, W, C) numeric image, "
                          f"got {a.dtype} {a.shape}")
-    return np.ascontiguousarray(np.moveaxis(_unit(a), -1, 0))
+    a = np.ascontiguousarray(np.moveaxis(_unit(a), -1, 0))
+    check_finite(a, f"image {path}")
+    return a
+
+
+def check_finite(x, what):
+    """A one-line error for NaN or infinite values in an array or tensor (inputs, outputs,
+    features), before they spread into every result."""
+    bad = int((~torch.isfinite(torch.as_tensor(x))).sum())
+    if bad:
+        raise ValueError(f"{what} has {bad} NaN or infinite value(s); fix or remove it")
 
 
 def _images_in(folder, skipped):
@@ -198,10 +213,78 @@ def out_folder(out, inputs=(), writes=(), overwrite=False):
     taken = [w for w in writes if (out / w).exists()]
     if taken and not overwrite:
         more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
-        raise ValueError(f"--out {out} already holds {taken[0]}{more} from an earlier run; choose a "
-                         "new folder or pass --overwrite to replace them")
+        raise ValueError(f"--out {out} already holds {taken[0]}{more} from an earlier run; "
+                         "choose a new folder or pass --overwrite to replace them")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def locked(folder):
+    """Hold an exclusive lock on folder/.lock while the block runs (a crash releases it with the
+    process), so two runs never write into one folder; the second gets the first's pid."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise ValueError(f"{folder} is in use by another process (pid {holder}); wait for it "
+                             "to finish or choose another --out") from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+# -----------------------------------------------------------------------------
+# command lines: one habit in every script
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, "prog: error: ...", with exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def integer(minimum):
+    """An argparse type: an integer >= minimum (argparse puts the flag's name in the error)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def real(text):
+    """An argparse type: a finite number (NaN and infinity are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def device(text):
+    """An argparse type: cpu, cuda or cuda:N, refused when that GPU is not visible."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu or cuda") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index or 0) >= torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text}: no such CUDA device is visible; use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use cpu or cuda")
+    return text
 
 
 def run_command(parser, argv=None):

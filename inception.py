@@ -188,5 +188,10 @@ def load_inception(path=None, device="cpu"):
                                 f"it from the pytorch-fid GitHub releases page, {WEIGHTS_URL}, and "
                                 f"pass --inception-weights PATH or set {WEIGHTS_ENV}")
     net = InceptionV3()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    except Exception as e:  # truncated, another network's weights, not a torch file at all
+        reason = " ".join(str(e).split())[:160]
+        raise ValueError(f"{path} is not the Inception weights file {WEIGHTS_FILE} ({reason}); "
+                         f"download it again from {WEIGHTS_URL}") from e
     return net.eval().to(device)

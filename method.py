@@ -3,15 +3,15 @@
 A method (PhenDiff in phendiff.py, the baselines in baselines/) is a small class with
 
     name                                 its --method name and its checkpoints' "method" entry
-    Config                               a dataclass of all that builds it, with the fields image_size,
-                                         in_channels, num_classes (from the data) and steps (of the
-                                         run); Config.preset(name, **overrides); fields made with
-                                         `arg` are train.py flags
+    Config                               a dataclass of all that builds it, with the fields
+                                         image_size, in_channels, num_classes (from the data) and
+                                         steps (of the run); Config.preset(name, **overrides);
+                                         fields made with `arg` are train.py flags
     OPTIONS                              inference choices with their defaults (e.g. DDIM steps)
     LOG                                  the names train_step may return, for the log's columns
     __init__(config, device, **options)
-    train_step(batch, step) -> {str: float}   one optimisation step on batch = (x, y); the method owns
-                                              its optimizers, learning-rate schedule and EMA
+    train_step(batch, step) -> {str: float}   one optimisation step on batch = (x, y); the method
+                                              owns its optimizers, learning-rate schedule and EMA
     translate(x, y_source, y_target) -> x'    the image of x under another class; x in [-1, 1]
     translate_many(x, y_source, targets)      (len(targets), B, C, H, W); a method shares work here
     reconstruct(x, y) -> x'                   translate to the own class (the paper's Table 2)
@@ -19,8 +19,8 @@ A method (PhenDiff in phendiff.py, the baselines in baselines/) is a small class
     state_dict() / load_state_dict(state)     nets, EMA, optimizers: all that exact resume needs
 
 `Method` gives the defaults; train.py, `phendiff.py translate` and eval.py use nothing else, so one
-copy of the infrastructure (DDP, checkpoints, resume, logs, translation, scoring) serves every method.
-Labels are class indices, an int or a LongTensor (B,).
+copy of the infrastructure (DDP, checkpoints, resume, logs, translation, scoring) serves every
+method. Labels are class indices, an int or a LongTensor (B,).
 """
 import dataclasses
 import importlib
@@ -59,6 +59,7 @@ class Method:
     """Defaults of the interface; a method overrides what it does better (or at all)."""
     name = "method"
     OPTIONS = {}
+    TWO_CLASSES = False  # True: a model per class pair (CycleGAN); train.py runs one per --pairs
 
     def translate_many(self, x, y_source, targets):
         return torch.stack([self.translate(x, y_source, t) for t in targets])
@@ -95,7 +96,8 @@ def check_ranges(config, positive=(), nonnegative=(), fraction=()):
         for name in names:
             v = getattr(config, name)
             if not (math.isfinite(v) and ok(v)):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number {what}, got {v}")
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number {what}, "
+                                 f"got {v}")
 
 
 def preset_config(cls, presets, name, overrides):
@@ -199,7 +201,8 @@ def make_checkpoint(method, ds, step, args):
 
 def _from_version_1(ckpt):
     """Checkpoints from before the method interface (PhenDiff only): the UNet config and the
-    schedule become the PhenDiff config, the weights its state. Enough to translate; not to resume."""
+    schedule become the PhenDiff config, the weights its state. Enough to translate; not to
+    resume."""
     config = {**ckpt["config"], "schedule": ckpt["schedule"]["name"], "T": ckpt["schedule"]["T"]}
     state = {k: ckpt[k] for k in ("model", "ema", "optimizer") if k in ckpt}
     rest = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer", "schedule")}
@@ -222,8 +225,8 @@ def load_checkpoint(path):
     if ckpt["version"] == 1 and all(k in ckpt for k in ("config", "schedule", "model")):
         ckpt = _from_version_1(ckpt)
     if ckpt["version"] != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path}: version {ckpt['version']!r}, this code reads versions 1 "
-                         f"and {CHECKPOINT_VERSION}")
+        raise ValueError(f"checkpoint {path}: version {ckpt['version']!r}, this code reads "
+                         f"versions 1 and {CHECKPOINT_VERSION}")
     missing = [k for k in ("method", "config", "classes", "state") if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {path}: missing entries {missing}")
@@ -242,13 +245,15 @@ def build(ckpt, device="cpu", **options):
     try:
         config = cls.Config(**ckpt["config"])
     except TypeError as e:  # a field this code does not know: another version of the method
-        raise ValueError(f"{ckpt['method']} checkpoint with a config this code cannot read: {e}") from e
+        raise ValueError(f"{ckpt['method']} checkpoint with a config this code cannot read: "
+                         f"{e}") from e
     method = cls(config, device, **options)
     try:
         method.load_state_dict(ckpt["state"])
     except (RuntimeError, KeyError) as e:  # weights of another shape, or a missing net
         first = str(e).strip().splitlines()[0][:200]
-        raise ValueError(f"{ckpt['method']} checkpoint whose weights do not fit its config ({first})") from e
+        raise ValueError(f"{ckpt['method']} checkpoint whose weights do not fit its config "
+                         f"({first})") from e
     return method
 
 
@@ -271,7 +276,8 @@ def load_method(path, device="cpu", **options):
 
 
 def rng_state():
-    """Global torch / numpy / python generator states as tensors and ints (weights_only-loadable)."""
+    """Global torch / numpy / python generator states as tensors and ints
+    (weights_only-loadable)."""
     _, key, pos, has_gauss, gauss = np.random.get_state()
     version, py_key, py_gauss = random.getstate()
     return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(key.astype(np.int64)),

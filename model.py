@@ -9,7 +9,6 @@ reserved null class for classifier-free guidance.
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -272,15 +271,8 @@ def count_parameters(model):
 # ---------------------------------------------------------------------------------------------
 # python model.py bench --preset small --batch 32: no-grad forward throughput.
 
-def _bench(argv):
-    p = argparse.ArgumentParser(prog="model.py bench",
-                                description="no-grad UNet forward throughput")
-    p.add_argument("--preset", default="small")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+def bench(args):
+    """No-grad forward throughput of a preset, and its parameters and FLOPs."""
     config = UNetConfig.preset(args.preset)
     model = UNet(config).to(args.device, memory_format=torch.channels_last).eval()
     s = config.image_size
@@ -306,8 +298,29 @@ def _bench(argv):
           f"({elapsed / args.iters:.3f} s per batch)")
 
 
+def _count(text):
+    """A positive integer flag (files.integer(1), which model.py may not import)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="model.py", description="the UNet's own command line")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", help="no-grad UNet forward throughput")
+    b.add_argument("--preset", default="small", help="paper | small | tiny (%(default)s)")
+    b.add_argument("--batch", type=_count, default=32)
+    b.add_argument("--iters", type=_count, default=5)
+    b.add_argument("--warmup", type=_count, default=2)
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    b.set_defaults(run=bench)
+    args = p.parse_args(argv)
+    try:  # as files.run_command, which model.py may not import (it imports only torch)
+        args.run(args)
+    except ValueError as e:
+        p.exit(2, f"{p.prog} {args.cmd}: error: {e}\n")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["bench"]:
-        sys.exit("usage: python model.py bench [--preset paper|small|tiny] [--batch N] "
-                 "[--iters N] [--device D]")
-    _bench(sys.argv[2:])
+    main()

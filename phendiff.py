@@ -11,7 +11,6 @@ The command line translates with a checkpoint of any method of the comparison (m
     python phendiff.py reconstruct --ckpt C --input DIR --source DMSO
     python phendiff.py demo
 """
-import argparse
 import contextlib
 import copy
 import math
@@ -37,7 +36,8 @@ from model import UNet, UNetConfig
 # the method, as functions of any eps-model (the UNet, or an analytic oracle in the tests)
 
 
-def translate_many(model, x, y_source, targets, alpha, num_steps, fixed_point_iters=0, guidance=0.0):
+def translate_many(model, x, y_source, targets, alpha, num_steps, fixed_point_iters=0,
+                   guidance=0.0):
     """Invert x once under y_source, then sample the same latent under each target label.
 
     Returns (len(targets), B, C, H, W). The inversion is shared: translating to eight doses costs
@@ -46,7 +46,8 @@ def translate_many(model, x, y_source, targets, alpha, num_steps, fixed_point_it
     null = getattr(model, "null_label", None)
     latent = ddim.invert(model, x, M.labels(y_source, x), alpha, num_steps,  # eq. 6, under label A
                          fixed_point_iters=fixed_point_iters, guidance=guidance, null_label=null)
-    return torch.stack([ddim.sample(model, latent, M.labels(y, x), alpha, num_steps,  # eq. 5, under B
+    # eq. 5, under B
+    return torch.stack([ddim.sample(model, latent, M.labels(y, x), alpha, num_steps,
                                     guidance=guidance, null_label=null) for y in targets])
 
 
@@ -87,19 +88,21 @@ class PhenDiffConfig(UNetConfig):
     grad_clip: float = M.arg(1.0, "max global gradient norm")
     ema_decay: float = M.arg(0.999, "EMA decay, warmed up as min(d, (1 + s) / (10 + s))")
     p_uncond: float = M.arg(0.0, "label dropout to the null class, for guidance (0: the paper)")
-    grad_accum: int = M.arg(1, "micro-batches per step: each holds --batch-size / grad-accum images")
+    grad_accum: int = M.arg(1, "micro-batches per step: each holds "
+                               "--batch-size / grad-accum images")
     compile: bool = M.arg(False, "torch.compile the training model (helps on GPUs only)")
     steps: int = 2000  # optimizer steps of the whole run (the lr schedule); set by train.py
 
     # UNet preset + what differs for training. cpu is the demo's model (checkpoints/README.md):
-    # v-prediction, which small models need (README, "ε or v"); the paper trains eps at 1e-4.
+    # v-prediction, which small models need (docs/diffusion.md, "ε or v"); the paper: eps, lr 1e-4.
     PRESETS = {"tiny": ("tiny", {}), "cpu": ("tiny", dict(base_channels=32, prediction="v")),
                "small": ("small", {}), "paper": ("paper", dict(lr=1e-4))}
 
     def __post_init__(self):
         super().__post_init__()
         M.check_ranges(self, positive=("lr", "grad_clip", "grad_accum", "steps", "T"),
-                       nonnegative=("warmup", "weight_decay", "dropout"), fraction=("ema_decay", "p_uncond"))
+                       nonnegative=("warmup", "weight_decay", "dropout"),
+                       fraction=("ema_decay", "p_uncond"))
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -110,7 +113,8 @@ class PhenDiffConfig(UNetConfig):
 
 
 class PhenDiff(M.Method):
-    """One class-conditional UNet (eq. 4); translation = invert under A (eq. 6), sample under B (eq. 5)."""
+    """One class-conditional UNet (eq. 4); translation = invert under A (eq. 6), sample under B
+    (eq. 5)."""
     name = "phendiff"
     Config = PhenDiffConfig
     OPTIONS = {"ddim_steps": 100, "fixed_point_iters": 0, "guidance": 0.0, "ema": True}
@@ -151,7 +155,8 @@ class PhenDiff(M.Method):
         M.set_lr(self.optimizer, lr)
         self.model.train()
         if c.p_uncond > 0:  # classifier-free guidance: some labels become the null class
-            y = torch.where(torch.rand(y.shape, device=y.device) < c.p_uncond, self.model.null_label, y)
+            y = torch.where(torch.rand(y.shape, device=y.device) < c.p_uncond,
+                            self.model.null_label, y)
         loss_sum = torch.zeros((), device=x.device)
         try:
             for i, (xm, ym) in enumerate(zip(x.chunk(c.grad_accum), y.chunk(c.grad_accum))):
@@ -162,8 +167,8 @@ class PhenDiff(M.Method):
                 loss.backward()
                 loss_sum += loss.detach()
         except torch.OutOfMemoryError:
-            raise ValueError(f"out of GPU memory at {len(x) // c.grad_accum} images per micro-batch: "
-                             "raise --grad-accum (or lower --batch-size)") from None
+            raise ValueError(f"out of GPU memory at {len(x) // c.grad_accum} images per "
+                             "micro-batch: raise --grad-accum (or lower --batch-size)") from None
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         loss_val, norm_val = torch.stack([loss_sum, norm.float()]).tolist()
         if math.isfinite(loss_val) and math.isfinite(norm_val):
@@ -198,8 +203,10 @@ class PhenDiff(M.Method):
 # command line: translate and reconstruct with a checkpoint of any method; demo; export
 
 
-def read_inputs(image_files, ckpt):
-    """Files -> (B, C, H, W) in [-1, 1] with the checkpoint's normalisation and size."""
+def read_inputs(image_files, ckpt, fit="crop"):
+    """Files -> (B, C, H, W) in [-1, 1] with the checkpoint's normalisation and size. An image of
+    another size is centre-cropped (which keeps the cells' scale), or resized up when smaller;
+    fit="resize" resizes the centre square of every one (data.fit_size)."""
     cfg, images, resized = ckpt["config"], [], []
     for f in image_files:
         raw = files.read_image(f)
@@ -207,14 +214,14 @@ def read_inputs(image_files, ckpt):
             raise ValueError(f"{f} has {raw.shape[0]} channels but the checkpoint's model takes "
                              f"{cfg['in_channels']}; use images of the kind it was trained on")
         if raw.shape[1:] != (cfg["image_size"],) * 2:
-            resized.append(f.name)  # centre-crop keeps the cells' scale; smaller images are resized
-            fit = "crop" if min(raw.shape[1:]) >= cfg["image_size"] else "resize"
-            raw = data.fit_size(raw[None], cfg["image_size"], fit, f)[0]
+            resized.append(f.name)
+            how = "crop" if fit == "crop" and min(raw.shape[1:]) >= cfg["image_size"] else "resize"
+            raw = data.fit_size(raw[None], cfg["image_size"], how, f)[0]
         images.append(raw)
     if resized:
         s = cfg["image_size"]
-        warnings.warn(f"{len(resized)} image(s) are not {s}x{s} (e.g. {resized[0]}): centre-cropped "
-                      f"to {s}x{s}, or resized up when smaller")
+        how = "resized" if fit == "resize" else "centre-cropped, or resized up when smaller"
+        warnings.warn(f"{len(resized)} image(s) are not {s}x{s} (e.g. {resized[0]}): {how}")
     return data.normalize(torch.as_tensor(np.stack(images)), ckpt["normalization"]).float()
 
 
@@ -244,15 +251,17 @@ def cmd_translate(args):
     source = class_index(classes, args.source)
     names = expand_targets(args.target or [args.source], classes)  # reconstruct: own class
     targets = [class_index(classes, t) for t in names]
+    x = read_inputs(image_files, ckpt, args.fit)
     input_dirs = {Path(p) if Path(p).is_dir() else Path(p).parent for p in args.input}
     writes = [*names, *(f"{t}.npy" for t in names), "grid.png", "files.txt"]
     out = files.out_folder(args.out, input_dirs, writes, args.overwrite)  # before any compute
-    x = read_inputs(image_files, ckpt)
     print(f"{ckpt['method']} {args.ckpt} (step {ckpt.get('step')}): {len(image_files)} image(s) "
           f"{args.source} -> {', '.join(names)}")
     with torch.no_grad():
+        # (T, N, C, H, W)
         y = torch.cat([net.translate_many(xb.to(args.device), source, targets).cpu()
-                       for xb in tqdm(x.split(args.batch_size), desc="batches")], 1)  # (T, N, C, H, W)
+                       for xb in tqdm(x.split(args.batch_size), desc="batches")], 1)
+    files.check_finite(y, f"the {ckpt['method']} translation (nothing was written)")
     (out / "files.txt").write_text("".join(f"{f.name}\n" for f in image_files))
     for name, yt in zip(names, y):
         (out / name).mkdir(exist_ok=True)
@@ -277,7 +286,7 @@ def cmd_export(args):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="phendiff.py", description=__doc__.split("\n\n")[0])
+    p = files.Parser(prog="phendiff.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     for name, what in (("translate", "translate images to other classes with any method"),
@@ -291,16 +300,22 @@ def get_parser():
                            help="target classes; a compound name means all its concentrations")
         t.add_argument("--out", default="translated", help="output folder (%(default)s)")
         t.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
-        t.add_argument("--batch-size", type=int, default=32)
-        t.add_argument("--device", default=dev)
+        t.add_argument("--batch-size", type=files.integer(1), default=32)
+        t.add_argument("--device", type=files.device, default=dev)
+        t.add_argument("--fit", choices=["crop", "resize"], default="crop",
+                       help="images of another size: centre crop, smaller ones resized (crop), or "
+                            "the centre square resized, area-averaged (resize)")
         g = t.add_argument_group("method options (default: the method's own)")
-        g.add_argument("--ddim-steps", type=int, help="phendiff: DDIM steps each way (100)")
-        g.add_argument("--fixed-point-iters", type=int,
+        g.add_argument("--ddim-steps", type=files.integer(1),
+                       help="phendiff: DDIM steps each way (100)")
+        g.add_argument("--fixed-point-iters", type=files.integer(0),
                        help="phendiff: exact inversion with k fixed-point iterations (0: eq. 6)")
-        g.add_argument("--guidance", type=float, help="phendiff: classifier-free guidance w (0)")
+        g.add_argument("--guidance", type=files.real,
+                       help="phendiff: classifier-free guidance w (0)")
         g.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
         t.set_defaults(run=cmd_translate, target=None)
-    d = sub.add_parser("demo", help="PhenDiff (or any method) on the synthetic benchmark: report.md")
+    d = sub.add_parser("demo",
+                       help="PhenDiff (or any method) on the synthetic benchmark: report.md")
     demo.add_arguments(d, dev)
     d.set_defaults(run=demo.run)
     e = sub.add_parser("export", help="a checkpoint without optimizer/RNG state, for sharing")

@@ -1,6 +1,6 @@
 """Every figure the project draws, with matplotlib's object API (no pyplot: no display, no global
-state) or, for plain image grids, files.save_png. Images come in the model's [-1, 1] and are shown with
-files.to_uint8, so every figure uses one channel rule (grey, or RGB = actin, tubulin, DNA)."""
+state) or, for plain image grids, files.save_png. Images come in the model's [-1, 1] and are shown
+with files.to_uint8, so every figure uses one channel rule (grey, or RGB = actin, tubulin, DNA)."""
 import math
 
 import numpy as np
@@ -39,7 +39,8 @@ def loss_curves(rows, keys, path):
         pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None and math.isfinite(r[k])]
         if pts:
             ax.plot(*zip(*pts))
-        ax.set(xlabel="step", title=k, yscale="log" if pts and min(v for _, v in pts) > 0 else "linear")
+        ax.set(xlabel="step", title=k,
+               yscale="log" if pts and min(v for _, v in pts) > 0 else "linear")
         ax.grid(alpha=0.3)
     return _save(fig, path, dpi=100)
 
@@ -60,14 +61,14 @@ def translation_figure(x, outputs, path, title, n=8):
     for k, v in outputs.items():
         cols += [(k, files.to_uint8(v[:n]), {}),
                  ("difference", diffs[k], dict(cmap="seismic", vmin=-lim, vmax=lim))]
-    fig = Figure(figsize=(1.6 * len(cols), 1.6 * len(x) + 0.5))
+    fig = Figure(figsize=(max(5.5, 1.6 * len(cols)), 1.6 * len(x) + 0.6))
     axes = fig.subplots(len(x), len(cols), squeeze=False)
     for c, (name, imgs, kw) in enumerate(cols):
         axes[0, c].set_title(name, fontsize=7)
         for r in range(len(x)):
             _show(axes[r, c], imgs[r], **kw)
-    fig.suptitle(f"{title}   (difference = translated - input, mean over channels, red = brighter, "
-                 f"±{lim:.2f})", fontsize=8)
+    fig.suptitle(f"{title}\n(difference = translated - input, mean over channels, "
+                 f"red = brighter, ±{lim:.2f})", fontsize=7)
     return _save(fig, path)
 
 

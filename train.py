@@ -1,6 +1,6 @@
 """Train any method of the comparison (method.py) on microscopy images: one script for all.
 
-One CPU:    python train.py --method phendiff --data synthetic --preset cpu --steps 2000 --out runs/x
+One CPU:    python train.py --method phendiff --preset cpu --steps 2000 --out runs/x
 Three GPUs: torchrun --standalone --nproc_per_node=3 train.py --preset paper --out runs/x
 Per pair:   python train.py --method cyclegan --pairs DMSO:all --out runs/cyclegan  (a run per pair)
 
@@ -12,6 +12,7 @@ without them the same code runs as a single process. Exact resume: the data orde
 so a run is a pure function of its arguments and a checkpoint's state.
 """
 import argparse
+import contextlib
 import csv
 import dataclasses
 import math
@@ -28,11 +29,13 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import data
+import files
 import method as M
 import plots
 from eval import reconstruction_error
 
-GRID_COLS, GRID_MAX_ROWS = 8, 10  # evaluation grid: 8 fixed images, their translations to <= 10 classes
+# evaluation grid: 8 fixed images, their translations to <= 10 classes
+GRID_COLS, GRID_MAX_ROWS = 8, 10
 
 # -----------------------------------------------------------------------------
 # command line: flags every method shares, then one per field of the method's config
@@ -48,29 +51,38 @@ def common_flags(p):
     a("--preset", default="cpu", help="size of the method: tiny | cpu | paper, phendiff also small "
                                       "(%(default)s); a method flag below overrides one field")
     # data: --data takes the same sources as every command line (data.load_dataset)
-    a("--data", default="synthetic", help="synthetic (default), synthetic-golgi, class folder, .npz, "
-                                          "BBBC021 root")
-    a("--kind", default="bbbc021", choices=["bbbc021", "golgi"], help="synthetic generator (%(default)s)")
+    a("--data", default="synthetic", help="synthetic (default), synthetic-golgi, class folder, "
+                                          ".npz, BBBC021 root")
+    a("--kind", default="bbbc021", choices=["bbbc021", "golgi"],
+      help="synthetic generator (%(default)s)")
     a("--compounds", type=comma_list(str), help="keep DMSO + these compounds, e.g. latrunculin_b")
-    a("--n-per-class", type=int, help="synthetic images per class (default: data.py's)")
-    a("--image-size", type=int, help="pixels (default: the preset's)")
+    a("--n-per-class", type=files.integer(1),
+      help="synthetic images per class (default: data.py's)")
+    a("--image-size", type=files.integer(8), help="pixels (default: the preset's)")
+    a("--fit", default="crop", choices=["crop", "resize"],
+      help="real images of another size: centre crop (%(default)s) or resize the centre square")
     a("--no-augment", action="store_true", help="no random flips / 90-degree rotations")
     a("--pairs", default="DMSO:all", help="two-class methods (cyclegan): the class pairs, a run "
                                           "each: A:B,A:C or A:all (%(default)s)")
     # optimisation and system
-    a("--steps", type=int, default=2000, help="optimizer steps in total (%(default)s)")
-    a("--batch-size", type=int, default=32, help="images per process per step (%(default)s)")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(%(default)s: cuda if any)")
+    a("--steps", type=files.integer(1), default=2000, help="optimizer steps in total (%(default)s)")
+    a("--batch-size", type=files.integer(1), default=32,
+      help="images per process per step (%(default)s)")
+    a("--device", default="auto", choices=["auto", "cpu", "cuda"],
+      help="(%(default)s: cuda if any)")
     a("--seed", type=int, default=0, help="data, initial weights, noise (%(default)s)")
     # output
     a("--out", required=True, help="run folder (must be new or empty unless --resume)")
     a("--resume", action="store_true", help="continue from OUT/last.pt; flags given now override")
-    a("--ckpt-every", type=int, default=500, help="steps between checkpoints (%(default)s)")
-    a("--keep", type=int, default=3, help="ckpt_*.pt files kept besides last.pt (%(default)s)")
-    a("--log-every", type=int, default=10, help="steps between log rows (%(default)s)")
-    a("--sample-every", type=int, default=500, help="steps between evaluation grids + PSNR "
-                                                    "(%(default)s; 0: never)")
-    a("--ddim-steps", type=int, default=50, help="phendiff: DDIM steps of the evaluation (%(default)s)")
+    a("--ckpt-every", type=files.integer(1), default=500,
+      help="steps between checkpoints (%(default)s)")
+    a("--keep", type=files.integer(1), default=3,
+      help="ckpt_*.pt files kept besides last.pt (%(default)s)")
+    a("--log-every", type=files.integer(1), default=10, help="steps between log rows (%(default)s)")
+    a("--sample-every", type=files.integer(0), default=500,
+      help="steps between evaluation grids + PSNR (%(default)s; 0: never)")
+    a("--ddim-steps", type=files.integer(1), default=50,
+      help="phendiff: DDIM steps of the evaluation (%(default)s)")
 
 
 def method_flags(p, cls):
@@ -83,7 +95,7 @@ def method_flags(p, cls):
         if f.type is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = comma_list(int) if f.type is tuple else f.type
+            kw["type"] = {tuple: comma_list(int), float: files.real}.get(f.type, f.type)
         g.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
@@ -93,12 +105,25 @@ def given_config(cls, args):
             if "help" in f.metadata and getattr(args, f.name) is not None}
 
 
+RUN_FILES = ("log.csv", "loss.png", "samples_*.png", "ckpt_*.pt", "last.pt")  # what a run writes
+
+
+def foreign_files(out):
+    """What in a folder is not a run's own (hidden files such as the lock are the run's too)."""
+    return sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
+                  and not any(p.match(pattern) for pattern in RUN_FILES)
+                  and not (p.is_dir() and not foreign_files(p))) if out.is_dir() else []
+
+
 def resume_checkpoint(out):
-    """The checkpoint a --resume continues: OUT/last.pt, or that of the first pair run."""
+    """The checkpoint a --resume continues: OUT/last.pt, or that of the first pair run; None for a
+    run that stopped before its first checkpoint, which then starts again."""
     found = [out / "last.pt"] if (out / "last.pt").exists() else sorted(out.glob("*/last.pt"))
     if not found:
-        raise ValueError(f"--resume: no checkpoint in {out} (no last.pt); start a new run there "
-                         "without --resume after deleting it, or choose a new --out")
+        if foreign_files(out):
+            raise ValueError(f"--resume: {out} holds no checkpoint and files of no run "
+                             f"({', '.join(foreign_files(out)[:3])}); choose another --out")
+        return None
     ckpt = M.load_checkpoint(found[0])
     if ckpt.get("from_version") == 1:
         raise ValueError(f"--resume: {found[0]} was written before the method interface; it "
@@ -108,14 +133,14 @@ def resume_checkpoint(out):
 
 def parse_args(argv):
     """Parse argv; with --resume the checkpoint's saved flags fill in every flag not given now."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = files.Parser(add_help=False)
     pre.add_argument("--method", default="phendiff")
     pre.add_argument("--out")
     pre.add_argument("--resume", action="store_true")
     known, _ = pre.parse_known_args(argv)
     ckpt = resume_checkpoint(Path(known.out)) if known.resume and known.out else None
     cls = M.method_class(ckpt["method"] if ckpt else known.method)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = files.Parser(prog="train.py", description=__doc__.splitlines()[0])
     common_flags(parser)
     method_flags(parser, cls)
     if ckpt:
@@ -123,11 +148,15 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if ckpt and args.method != ckpt["method"]:
         raise ValueError(f"--resume: {args.out} is a {ckpt['method']} run, not {args.method}")
-    for name in ("steps", "batch_size", "keep", "ckpt_every", "log_every", "ddim_steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.sample_every < 0:
-        raise ValueError("--sample-every must not be negative")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; choose a folder")
+    if not args.resume and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise ValueError(f"{out} is not empty: add --resume to continue that run, or choose a "
+                         "new --out")
+    if ckpt is None:  # the method's flags, checked now rather than after loading the data
+        size = {"image_size": args.image_size} if args.image_size else {}
+        cls.Config.preset(args.preset, **size, **given_config(cls, args))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible")
     return args, cls
@@ -137,9 +166,10 @@ def parse_args(argv):
 
 
 def setup_processes(device_flag):
-    """(rank, local_rank, world, device), starting DDP's process group under torchrun."""
+    """(rank, world size, device), starting DDP's process group under torchrun."""
     ddp = "RANK" in os.environ  # set by torchrun
-    rank, local_rank, world = (int(os.environ.get(k, 0)) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    rank, local_rank, world = (int(os.environ.get(k, 0))
+                               for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     cuda = device_flag == "cuda" or (device_flag == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if cuda:  # GPU speed defaults: TF32 matmuls, cuDNN picks the fastest convolution once
@@ -149,7 +179,7 @@ def setup_processes(device_flag):
     if ddp:
         dist.init_process_group("nccl" if cuda else "gloo")
         dist.barrier()
-    return rank, local_rank, world if ddp else 1, device
+    return rank, world if ddp else 1, device
 
 
 def load_data(args, cls):
@@ -157,20 +187,22 @@ def load_data(args, cls):
     size = args.image_size or cls.Config.preset(args.preset).image_size
     opts = {k: v for k, v in dict(n_per_class=args.n_per_class, compounds=args.compounds).items()
             if v is not None}
-    return data.load_dataset(args.data, image_size=size, kind=args.kind, seed=args.seed, **opts)
+    return data.load_dataset(args.data, image_size=size, kind=args.kind, seed=args.seed,
+                             fit=args.fit, **opts)
 
 
 def pair_runs(args, cls, ds):
     """[(dataset, run folder)]: the whole set in --out, or for a two-class method (CycleGAN) one
     run per pair of --pairs, each in --out/<A>__<B>."""
-    if not getattr(cls, "TWO_CLASSES", False):
+    if not cls.TWO_CLASSES:
         return [(ds, Path(args.out))]
     pairs = []
     for spec in args.pairs.split(","):
         a, _, b = spec.partition(":")
         pairs += [(a, c) for c in ds.classes if c != a] if b == "all" else [(a, b)]
     for c in {c for p in pairs for c in p} - set(ds.classes):
-        raise ValueError(f"--pairs: class {c!r} is not in the data; it has: {', '.join(ds.classes)}")
+        raise ValueError(f"--pairs: class {c!r} is not in the data; "
+                         f"it has: {', '.join(ds.classes)}")
     return [(ds.select(pair), Path(args.out) / "__".join(pair)) for pair in pairs]
 
 
@@ -184,8 +216,8 @@ class Batches:
                                           seed=args.seed, drop_last=True)
         self.per_epoch = len(self.sampler) // args.batch_size
         if self.per_epoch == 0:
-            raise ValueError(f"{len(ds)} images do not fill one batch of {args.batch_size} x {world} "
-                             "processes: lower --batch-size")
+            raise ValueError(f"{len(ds)} images do not fill one batch of {args.batch_size} x "
+                             f"{world} processes: lower --batch-size")
         self.epoch, self.order = None, None
 
     def __call__(self, step):
@@ -211,8 +243,9 @@ def build_method(cls, args, ds, ckpt, device):
     else:
         stored = {k: ckpt["config"][k] for k in shape}
         if stored != shape or ckpt["classes"] != ds.classes:
-            raise ValueError(f"--resume: the data ({shape}, {len(ds.classes)} classes) differ from the "
-                             f"run's ({stored}); resume with the run's --data and --image-size")
+            raise ValueError(f"--resume: the data ({shape}, {len(ds.classes)} classes) differ "
+                             f"from the run's ({stored}); resume with the run's --data and "
+                             "--image-size")
         config = cls.Config(**{**ckpt["config"], **flags})
     options = {"ddim_steps": args.ddim_steps} if "ddim_steps" in cls.OPTIONS else {}
     torch.manual_seed(args.seed)  # the same initial weights on every rank
@@ -270,7 +303,8 @@ class Log:
         self.rows, self.pending = [], []
         if resumed and self.path.exists():
             with open(self.path) as f:
-                rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
+                rows = [{k: float(v) if v else None for k, v in r.items()}
+                        for r in csv.DictReader(f)]
             self.rows = [{**r, "step": int(r["step"])} for r in rows if r["step"] <= step]
         with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, self.fields)
@@ -316,6 +350,35 @@ class Signals:
                 signal.signal(s, handler)
 
 
+def open_run(folder, cls, method, ds, args, step, resumed, world, device):
+    """Rank 0: the run folder, cleared of the temp files of a save that a kill interrupted (this
+    process holds the folder's lock), its log, and one line about the run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink()
+    print(f"{folder}: {cls.name} ({args.preset} preset, {M.count_parameters(method) / 1e6:.2f}M "
+          f"parameters) | {len(ds)} images, {len(ds.classes)} classes, "
+          f"{'x'.join(map(str, ds.images.shape[1:]))} | {device} | global batch "
+          f"{args.batch_size} x {world} | at step {step} of {args.steps}")
+    return Log(folder, cls.LOG, step, resumed)
+
+
+def reduce_values(values, received, world, device, folder, step):
+    """(the step's values averaged over the processes, whether any process got a signal); a
+    non-finite value on any process stops every process, without saving."""
+    stats = torch.tensor([*values.values(), float(received)], device=device)
+    if world > 1:
+        dist.all_reduce(stats)
+    *vals, stopping = (stats / world).tolist()
+    values = dict(zip(values, vals))
+    if not all(map(math.isfinite, vals)):
+        last = folder / "last.pt"
+        raise ValueError(f"non-finite values {values} at step {step}: stopped without saving; "
+                         f"last good checkpoint: {last if last.exists() else 'none yet'}. "
+                         "Try a lower learning rate.")
+    return values, stopping
+
+
 def train(cls, args, ds, folder, ckpt, rank, world, device):
     """Train (or continue) one run in `folder`; returns the path of its last checkpoint."""
     master = rank == 0
@@ -323,12 +386,7 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
     get_batch = Batches(ds, args, rank, world, device)
     eval_x, eval_y, eval_targets = evaluation_set(ds, device)
     if master:
-        folder.mkdir(parents=True, exist_ok=True)
-        log = Log(folder, cls.LOG, step, ckpt is not None)
-        n_params = M.count_parameters(method) / 1e6
-        print(f"{folder}: {cls.name} ({args.preset} preset, {n_params:.2f}M parameters) "
-              f"| {len(ds)} images, {len(ds.classes)} classes, {'x'.join(map(str, ds.images.shape[1:]))} "
-              f"| {device} | global batch {args.batch_size} x {world} | at step {step} of {args.steps}")
+        log = open_run(folder, cls, method, ds, args, step, ckpt is not None, world, device)
     bar = tqdm(total=args.steps, initial=step, disable=not master, dynamic_ncols=True)
     interval, timed, timed_steps, first = 0.0, 0.0, 0, step
     with Signals() as sig:
@@ -337,16 +395,7 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
             torch.manual_seed(hash((args.seed, step, rank)) % 2**63)  # all randomness of this step
             values = method.train_step(get_batch(step), step)
             step += 1
-            stats = torch.tensor([*values.values(), float(sig.received)], device=device)
-            if world > 1:  # mean values for the log; every rank learns of a NaN or a signal
-                dist.all_reduce(stats)
-            *vals, stopping = (stats / world).tolist()
-            values = dict(zip(values, vals))
-            if not all(map(math.isfinite, vals)):
-                last = folder / "last.pt"
-                raise ValueError(f"non-finite values {values} at step {step}: stopped without saving; "
-                                 f"last good checkpoint: {last if last.exists() else 'none yet'}. "
-                                 "Try a lower learning rate.")
+            values, stopping = reduce_values(values, sig.received, world, device, folder, step)
             dt = time.perf_counter() - t0
             interval += dt
             if step > first + 1:  # the first step of a process pays one-time costs
@@ -359,12 +408,15 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
             if master:
                 log.add(values)
                 if args.sample_every and not stopping and (step % args.sample_every == 0 or final):
-                    psnr = evaluate(method, eval_x, eval_y, eval_targets, folder / f"samples_{step:07d}.png")
-                    tqdm.write(f"step {step}: reconstruction PSNR {psnr:.2f} dB (fixed training images)")
+                    psnr = evaluate(method, eval_x, eval_y, eval_targets,
+                                    folder / f"samples_{step:07d}.png")
+                    tqdm.write(f"step {step}: reconstruction PSNR {psnr:.2f} dB "
+                               "(fixed training images)")
                 if step % args.log_every == 0 or final or psnr is not None:
                     n = len(log.pending) * args.batch_size * world
                     row = log.write(step, n / interval, psnr)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in cls.LOG[:2] and v})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
+                                     if k in cls.LOG[:2] and v})
                     interval = 0.0
             if step % args.ckpt_every == 0 or final:
                 if master:
@@ -374,7 +426,8 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
                 if world > 1:
                     dist.barrier()
             if stopping:
-                signum = int(sig.received) or signal.SIGTERM  # another rank's signal: as if terminated
+                # another rank's signal: as if terminated
+                signum = int(sig.received) or signal.SIGTERM
                 bar.close()
                 if master:
                     print(f"{signal.Signals(signum).name}: checkpoint at step {step} saved to "
@@ -385,25 +438,27 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
         peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
         ips = timed_steps * args.batch_size * world / timed if timed else float("nan")
-        print(f"done: step {step}, {ips:.1f} images/s (all processes, after the first step), peak "
-              f"memory {peak:.0f} MiB ({'GPU, allocated' if device.type == 'cuda' else 'CPU, max RSS'})"
-              f"; checkpoint {folder / 'last.pt'}")
+        where = "GPU, allocated" if device.type == "cuda" else "CPU, max RSS"
+        print(f"done: step {step}, {ips:.1f} images/s (all processes, after the first step), "
+              f"peak memory {peak:.0f} MiB ({where}); checkpoint {folder / 'last.pt'}")
     return str(folder / "last.pt")
 
 
 def run_all(args, cls):
     """Every run of the command (one, or one per pair), each fresh or resumed."""
-    rank, local_rank, world, device = setup_processes(args.device)
-    try:
-        ds = load_data(args, cls)
-        last = None
-        for subset, folder in pair_runs(args, cls, ds):
-            ckpt = M.load_checkpoint(folder / "last.pt") if (folder / "last.pt").exists() else None
-            if ckpt is not None and ckpt["step"] >= args.steps:
-                last = str(folder / "last.pt")  # a finished pair of a resumed --pairs run
-                continue
-            last = train(cls, args, subset, folder, ckpt, rank, world, device)
-        return last
+    rank, world, device = setup_processes(args.device)
+    try:  # rank 0 holds the run folder's lock until the end: a second run there is refused
+        with files.locked(args.out) if rank == 0 else contextlib.nullcontext():
+            ds = load_data(args, cls)
+            last = None
+            for subset, folder in pair_runs(args, cls, ds):
+                has_ckpt = (folder / "last.pt").exists()
+                ckpt = M.load_checkpoint(folder / "last.pt") if has_ckpt else None
+                if ckpt is not None and ckpt["step"] >= args.steps:
+                    last = str(folder / "last.pt")  # a finished pair of a resumed --pairs run
+                    continue
+                last = train(cls, args, subset, folder, ckpt, rank, world, device)
+            return last
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -412,13 +467,8 @@ def run_all(args, cls):
 def main(argv=None):
     """Train (or resume) the runs of a command; returns the path of the last checkpoint written."""
     try:
-        args, cls = parse_args(argv)
-        out = Path(args.out)
-        if not args.resume and out.exists() and any(out.iterdir()):
-            raise ValueError(f"{out} is not empty: add --resume to continue that run, or choose a "
-                             "new --out")
-        return run_all(args, cls)
-    except ValueError as e:  # the user's to fix: one line; a bug keeps its traceback
+        return run_all(*parse_args(argv))
+    except (ValueError, OSError) as e:  # the user's to fix: one line; a bug keeps its traceback
         sys.stderr.write(f"train.py: error: {e}\n")
         raise SystemExit(2) from None
 

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 import files
 import method as M
-from baselines.gan import GANConfig, ImagePool, ResnetGenerator, adversarial_loss, init_normal, patch_trunk
+from baselines.gan import (GANConfig, ImagePool, ResnetGenerator, adversarial_loss, init_normal,
+                           patch_trunk)
 
 
 @dataclass
@@ -45,8 +46,8 @@ class CycleGANConfig(GANConfig):
 
 def generator(c):
     """The ResNet generator with CycleGAN's choices."""
-    return init_normal(ResnetGenerator(c.in_channels, c.in_channels, c.g_channels, c.g_blocks, kernel=3,
-                                       padding_mode="reflect", affine=False, bias=True))
+    return init_normal(ResnetGenerator(c.in_channels, c.in_channels, c.g_channels, c.g_blocks,
+                                       kernel=3, padding_mode="reflect", affine=False, bias=True))
 
 
 def discriminator(c):
@@ -131,7 +132,8 @@ class CycleGAN(M.Method):
     def state_dict(self):
         state = {n: getattr(self, n).state_dict() for n in self.NETS}
         return {**state, "pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict(),
-                "optimizer_g": self.optimizer_g.state_dict(), "optimizer_d": self.optimizer_d.state_dict()}
+                "optimizer_g": self.optimizer_g.state_dict(),
+                "optimizer_d": self.optimizer_d.state_dict()}
 
     def load_state_dict(self, state):
         for n in self.NETS:
@@ -142,7 +144,8 @@ class CycleGAN(M.Method):
 
     @staticmethod
     def combine(loaded):
-        """The pair runs of one --pairs command as one translator: (Pairs, a checkpoint-like dict)."""
+        """The pair runs of one --pairs command as one translator: (Pairs, a checkpoint-like
+        dict)."""
         pairs = Pairs(loaded)
         first = loaded[0][1]
         return pairs, {**first, "classes": pairs.classes, "state": None,
@@ -155,7 +158,8 @@ class Pairs(M.Method):
     name = "cyclegan"
 
     def __init__(self, loaded):
-        self.classes = sorted({c for _, ckpt in loaded for c in ckpt["classes"]}, key=files.class_key)
+        self.classes = sorted({c for _, ckpt in loaded for c in ckpt["classes"]},
+                              key=files.class_key)
         self.models = [(ckpt["classes"], m) for m, ckpt in loaded]
 
     def model_for(self, source, target):

@@ -28,10 +28,12 @@ class GANConfig:
     PRESETS = {}
 
     def __post_init__(self):
-        M.check_ranges(self, positive=("g_channels", "g_blocks", "d_channels", "d_layers", "lr", "steps"),
+        M.check_ranges(self, positive=("g_channels", "g_blocks", "d_channels", "d_layers", "lr",
+                                       "steps"),
                        fraction=("beta1", "decay_from", "ema_decay"))
         if self.image_size % 4:
-            raise ValueError(f"image size {self.image_size} must be divisible by 4 (two down-samplings)")
+            raise ValueError(f"image size {self.image_size} must be divisible by 4 "
+                             "(two down-samplings)")
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -49,11 +51,13 @@ def init_normal(module, std=0.02):
 
 
 class ResidualBlock(nn.Module):
-    """conv3x3-IN-ReLU-conv3x3-IN plus the input (He et al. 2016, as the image-to-image GANs use it)."""
+    """conv3x3-IN-ReLU-conv3x3-IN plus the input (He et al. 2016, as the image-to-image GANs use
+    it)."""
 
     def __init__(self, ch, padding_mode, affine, bias):
         super().__init__()
-        conv = lambda: nn.Conv2d(ch, ch, 3, padding=1, padding_mode=padding_mode, bias=bias)  # noqa: E731
+        conv = lambda: nn.Conv2d(ch, ch, 3, padding=1, padding_mode=padding_mode,  # noqa: E731
+                                 bias=bias)
         self.body = nn.Sequential(conv(), nn.InstanceNorm2d(ch, affine=affine), nn.ReLU(True),
                                   conv(), nn.InstanceNorm2d(ch, affine=affine))
 
@@ -72,17 +76,19 @@ class ResnetGenerator(nn.Module):
     def __init__(self, in_ch, out_ch, ch, n_blocks, kernel, padding_mode, affine, bias):
         super().__init__()
         norm = lambda c: nn.InstanceNorm2d(c, affine=affine)  # noqa: E731
-        layers = [nn.Conv2d(in_ch, ch, 7, padding=3, padding_mode=padding_mode, bias=bias), norm(ch),
-                  nn.ReLU(True)]
+        layers = [nn.Conv2d(in_ch, ch, 7, padding=3, padding_mode=padding_mode, bias=bias),
+                  norm(ch), nn.ReLU(True)]
         for _ in range(2):  # (H, W) -> (H/2, W/2), channels doubled
             layers += [nn.Conv2d(ch, 2 * ch, kernel, 2, 1, bias=bias), norm(2 * ch), nn.ReLU(True)]
             ch *= 2
         layers += [ResidualBlock(ch, padding_mode, affine, bias) for _ in range(n_blocks)]
         for _ in range(2):  # kernel 3 needs output_padding 1 to double the size exactly
-            layers += [nn.ConvTranspose2d(ch, ch // 2, kernel, 2, 1, output_padding=kernel % 2, bias=bias),
+            layers += [nn.ConvTranspose2d(ch, ch // 2, kernel, 2, 1, output_padding=kernel % 2,
+                                          bias=bias),
                        norm(ch // 2), nn.ReLU(True)]
             ch //= 2
-        layers += [nn.Conv2d(ch, out_ch, 7, padding=3, padding_mode=padding_mode, bias=bias), nn.Tanh()]
+        layers += [nn.Conv2d(ch, out_ch, 7, padding=3, padding_mode=padding_mode, bias=bias),
+                   nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):

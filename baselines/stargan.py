@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import method as M
-from baselines.gan import GANConfig, ResnetGenerator, adversarial_loss, gradient_penalty, patch_trunk
+from baselines.gan import (GANConfig, ResnetGenerator, adversarial_loss, gradient_penalty,
+                           patch_trunk)
 
 
 @dataclass
@@ -38,7 +39,8 @@ class StarGANConfig(GANConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        M.check_ranges(self, positive=("n_critic",), nonnegative=("lambda_gp", "lambda_cls", "lambda_rec"))
+        M.check_ranges(self, positive=("n_critic",),
+                       nonnegative=("lambda_gp", "lambda_cls", "lambda_rec"))
         if self.image_size % 2 ** self.d_layers:
             raise ValueError(f"image size {self.image_size} must be divisible by 2^d_layers = "
                              f"{2 ** self.d_layers}; change --d-layers or the size")
@@ -50,8 +52,9 @@ class Generator(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.num_classes = c.num_classes
-        self.net = ResnetGenerator(c.in_channels + c.num_classes, c.in_channels, c.g_channels, c.g_blocks,
-                                   kernel=4, padding_mode="zeros", affine=True, bias=False)
+        self.net = ResnetGenerator(c.in_channels + c.num_classes, c.in_channels, c.g_channels,
+                                   c.g_blocks, kernel=4, padding_mode="zeros", affine=True,
+                                   bias=False)
 
     def forward(self, x, y):
         maps = F.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None]  # (B, K, 1, 1)
@@ -63,7 +66,8 @@ class Discriminator(nn.Module):
 
     def __init__(self, c):
         super().__init__()
-        layers, ch = patch_trunk(c.in_channels, c.d_channels, c.d_layers, 0.01, norm=False, max_mult=2 ** 10)
+        layers, ch = patch_trunk(c.in_channels, c.d_channels, c.d_layers, 0.01, norm=False,
+                                 max_mult=2 ** 10)
         self.trunk = nn.Sequential(*layers)
         self.src = nn.Conv2d(ch, 1, 3, 1, 1, bias=False)
         self.cls = nn.Conv2d(ch, c.num_classes, c.image_size // 2 ** c.d_layers, bias=False)
@@ -94,7 +98,8 @@ class StarGAN(M.Method):
         with torch.no_grad():
             fake = self.G(x, y_trg)
         src_fake, _ = self.D(fake)
-        adv = adversarial_loss(c.gan_loss, src_real, True) + adversarial_loss(c.gan_loss, src_fake, False)
+        adv = (adversarial_loss(c.gan_loss, src_real, True)
+               + adversarial_loss(c.gan_loss, src_fake, False))
         cls = F.cross_entropy(cls_real, y)
         gp = gradient_penalty(lambda z: self.D(z)[0], x, fake) if c.gan_loss == "wgan" \
             else torch.zeros((), device=x.device)
@@ -121,7 +126,8 @@ class StarGAN(M.Method):
         return {"g_adv": adv, "g_cls": cls, "g_rec": rec}
 
     def train_step(self, batch, step):
-        """One D step; every n_critic-th step also a G step. Targets: the batch's labels shuffled."""
+        """One D step; every n_critic-th step also a G step. Targets: the batch's labels
+        shuffled."""
         c, (x, y) = self.config, batch
         lr = c.lr * M.linear_decay(step, c.steps, c.decay_from)
         y_trg = y[torch.randperm(len(y), device=y.device)]
@@ -137,8 +143,9 @@ class StarGAN(M.Method):
         return G(x, M.labels(y_target, x))
 
     def state_dict(self):
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
-                "optimizer_g": self.optimizer_g.state_dict(), "optimizer_d": self.optimizer_d.state_dict()}
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(),
+                "G_ema": self.G_ema.state_dict(), "optimizer_g": self.optimizer_g.state_dict(),
+                "optimizer_d": self.optimizer_d.state_dict()}
 
     def load_state_dict(self, state):
         for name in ("G", "D", "G_ema"):

@@ -1,8 +1,6 @@
 """The GAN baselines: their losses against hand computations, what they learn on trivially separable
-classes, exact resume, and every method through train.py and phendiff.py translate as a user would."""
-import contextlib
-import io
-import os
+classes, exact resume, and every method through train.py and phendiff.py translate as a user
+would."""
 import signal
 import subprocess
 import sys
@@ -19,21 +17,14 @@ import train
 from baselines.cyclegan import CycleGAN, CycleGANConfig
 from baselines.gan import ImagePool, adversarial_loss, gradient_penalty
 from baselines.stargan import StarGAN, StarGANConfig
+from tests.helpers import fails, write_images
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ["--data", "synthetic", "--compounds", "latrunculin_b", "--n-per-class", "4", "--image-size", "16",
-        "--preset", "tiny", "--batch-size", "4", "--sample-every", "0", "--log-every", "1"]
+DATA = ["--data", "synthetic", "--compounds", "latrunculin_b", "--n-per-class", "4",
+        "--image-size", "16", "--preset", "tiny", "--batch-size", "4", "--sample-every", "0",
+        "--log-every", "1"]
 PAIRS = "DMSO:latrunculin_b_10uM,DMSO:latrunculin_b_1uM"
 
-
-def fails(main, argv):
-    """A command that must stop at once: exit code 2, one line on stderr, which it returns."""
-    err = io.StringIO()
-    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(err):
-        main(argv)
-    msg = err.getvalue().strip()
-    assert e.value.code == 2 and "\n" not in msg and "Traceback" not in msg, msg
-    return msg
 
 # -----------------------------------------------------------------------------
 # losses
@@ -41,7 +32,8 @@ def fails(main, argv):
 
 def test_gradient_penalty_of_a_linear_critic():
     """critic(x) = <w, x>: its gradient is w at every point, so the penalty is (|w| - 1)^2, and its
-    gradient with respect to w is 2 (|w| - 1) w / |w| (create_graph: the penalty trains the critic)."""
+    gradient with respect to w is 2 (|w| - 1) w / |w| (create_graph: the penalty trains the
+    critic)."""
     w = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
     real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
     gp = gradient_penalty(lambda x: (x * w).flatten(1).sum(1), real, fake)
@@ -53,9 +45,11 @@ def test_gradient_penalty_of_a_linear_critic():
 
 def test_adversarial_losses_closed_forms():
     z = torch.tensor([0.0, 2.0])
-    assert adversarial_loss("lsgan", z, True).item() == pytest.approx(((0 - 1) ** 2 + (2 - 1) ** 2) / 2)
+    assert (adversarial_loss("lsgan", z, True).item()
+            == pytest.approx(((0 - 1) ** 2 + (2 - 1) ** 2) / 2))
     assert adversarial_loss("lsgan", z, False).item() == pytest.approx((0 + 4) / 2)
-    assert adversarial_loss("wgan", z, True).item() == -1 and adversarial_loss("wgan", z, False).item() == 1
+    assert (adversarial_loss("wgan", z, True).item() == -1
+            and adversarial_loss("wgan", z, False).item() == 1)
     expected = (np.log(2) + np.log1p(np.exp(-2))) / 2  # -log sigmoid(z), averaged
     assert adversarial_loss("ns", z, True).item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="unknown GAN loss 'hinge'"):
@@ -96,7 +90,8 @@ def test_cyclegan_cycle_and_identity_losses_vanish_for_identity_generators():
     x, y = torch.rand(6, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 0, 1, 1, 0])
     values = net.train_step((x, y), 0)
     assert values["cycle"] == 0 and values["identity"] == 0 and values["d_a"] > 0
-    net.G_ab.a.data.fill_(0.5)  # A -> B halves: both cycles and the identity on B are off by |x| / 2
+    # A -> B halves: both cycles and the identity on B are off by |x| / 2
+    net.G_ab.a.data.fill_(0.5)
     values = net.train_step((x, y), 1)
     a, b = x[y == 0].abs().mean().item(), x[y == 1].abs().mean().item()
     assert values["cycle"] == pytest.approx(0.5 * (a + b), rel=1e-5)
@@ -109,7 +104,8 @@ def test_cyclegan_translates_with_the_generator_of_the_target_domain():
     with torch.no_grad():
         to_b, to_a = net.G_ab_ema(x), net.G_ba_ema(x)
         torch.testing.assert_close(net.translate(x, 0, 1), to_b)
-        torch.testing.assert_close(net.reconstruct(x, 0), to_a)  # G_ba on domain A: trained as identity
+        # G_ba on domain A: trained as identity
+        torch.testing.assert_close(net.reconstruct(x, 0), to_a)
         mixed = net.translate(x, 0, torch.tensor([1, 0, 1]))
     torch.testing.assert_close(mixed, torch.stack([to_b[0], to_a[1], to_b[2]]))
 
@@ -122,7 +118,8 @@ def bright_and_dark(n=64, size=16, seed=0):
     for level in (0.5, -0.5):
         c = torch.rand(n, 2, generator=g) * (size - 6) + 3
         blob = torch.exp(-((yy - c[:, 0, None, None]) ** 2 + (xx - c[:, 1, None, None]) ** 2) / 8)
-        images.append(level + 0.3 * blob[:, None] + 0.05 * torch.randn(n, 3, size, size, generator=g))
+        images.append(level + 0.3 * blob[:, None]
+                      + 0.05 * torch.randn(n, 3, size, size, generator=g))
     return torch.cat(images).clamp(-1, 1), torch.arange(2).repeat_interleave(n)
 
 
@@ -137,7 +134,8 @@ def test_stargan_learns_to_translate_bright_to_dark():
         net.train_step((x[idx], y[idx]), step)
     with torch.no_grad():
         bright, dark = x[:8], x[-8:]
-        assert net.translate(bright, 0, 1).mean() < 0 < net.reconstruct(bright, 0).mean()  # past the midpoint
+        # past the midpoint
+        assert net.translate(bright, 0, 1).mean() < 0 < net.reconstruct(bright, 0).mean()
         assert net.translate(dark, 1, 0).mean() > 0 > net.reconstruct(dark, 1).mean()
 
 # -----------------------------------------------------------------------------
@@ -163,11 +161,12 @@ train.main({argv!r})
 
 @pytest.mark.parametrize("name", ["stargan", "cyclegan"])
 def test_gan_resume_after_sigkill_is_bitwise_exact(tmp_path, name):
-    argv = DATA + ["--method", name, "--steps", "7", "--ckpt-every", "3", "--pairs", "DMSO:latrunculin_b_10uM"]
+    argv = DATA + ["--method", name, "--steps", "7", "--ckpt-every", "3",
+                   "--pairs", "DMSO:latrunculin_b_10uM"]
     whole = M.load_method(train.main(argv + ["--out", str(tmp_path / "a")]))[1]
     killed = argv + ["--out", str(tmp_path / "b")]
-    proc = subprocess.run([sys.executable, "-c", KILLED.format(root=str(ROOT), method=name, kill_at=5,
-                                                                argv=killed)],
+    proc = subprocess.run([sys.executable, "-c", KILLED.format(root=str(ROOT), method=name,
+                                                                kill_at=5, argv=killed)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     resumed = M.load_method(train.main(["--out", str(tmp_path / "b"), "--resume"]))[1]
@@ -184,45 +183,57 @@ def test_gan_resume_after_sigkill_is_bitwise_exact(tmp_path, name):
 
 
 def test_every_method_round_trips_through_translate(tmp_path):
-    from test_phendiff import write_images
     inp = write_images(tmp_path / "in", n=3, size=16)
     for name in ("phendiff", "stargan", "cyclegan"):
         run = tmp_path / name
         train.main(DATA + ["--method", name, "--steps", "2", "--pairs", PAIRS, "--out", str(run)])
         out = tmp_path / f"t_{name}"
-        phendiff.main(["translate", "--ckpt", str(run), "--input", str(inp), "--source", "DMSO", "--target",
-                       "latrunculin_b_10uM", "latrunculin_b_1uM", "--out", str(out)] +
+        phendiff.main(["translate", "--ckpt", str(run), "--input", str(inp), "--source", "DMSO",
+                       "--target", "latrunculin_b_10uM", "latrunculin_b_1uM", "--out", str(out)] +
                       (["--ddim-steps", "3"] if name == "phendiff" else []))
         net, ckpt = M.load_method(run, ddim_steps=3) if name == "phendiff" else M.load_method(run)
         x = phendiff.read_inputs(sorted(inp.iterdir()), ckpt)
         for target in ("latrunculin_b_10uM", "latrunculin_b_1uM"):
             assert len(list((out / target).glob("*.png"))) == 3
             with torch.no_grad():
-                expected = net.translate(x, ckpt["classes"].index("DMSO"), ckpt["classes"].index(target))
-            np.testing.assert_allclose(np.load(out / f"{target}.npy"), expected.numpy() * 0.5 + 0.5, atol=1e-6)
+                expected = net.translate(x, ckpt["classes"].index("DMSO"),
+                                         ckpt["classes"].index(target))
+            np.testing.assert_allclose(np.load(out / f"{target}.npy"),
+                                       expected.numpy() * 0.5 + 0.5, atol=1e-6)
         phendiff.main(["reconstruct", "--ckpt", str(run), "--input", str(inp), "--source", "DMSO",
-                       "--out", str(tmp_path / f"r_{name}")] + (["--ddim-steps", "3"] if name == "phendiff" else []))
+                       "--out", str(tmp_path / f"r_{name}")] +
+                      (["--ddim-steps", "3"] if name == "phendiff" else []))
         assert len(list((tmp_path / f"r_{name}" / "DMSO").glob("*.png"))) == 3
-    assert sorted(p.name for p in (tmp_path / "cyclegan").iterdir()) == ["DMSO__latrunculin_b_10uM",
-                                                                       "DMSO__latrunculin_b_1uM"]
+    runs = sorted(p.name for p in (tmp_path / "cyclegan").iterdir())
+    assert runs == [".lock", "DMSO__latrunculin_b_10uM", "DMSO__latrunculin_b_1uM"]
 
 
 def test_bad_inputs_end_in_one_line(tmp_path):
-    from test_phendiff import write_images
     inp = write_images(tmp_path / "in", n=1, size=16)
-    assert "unknown method 'diffgan'; choose one of phendiff" in fails(train.main, DATA + ["--method", "diffgan", "--out", str(tmp_path / "x")])
+    assert "unknown method 'diffgan'; choose one of phendiff" in fails(
+        train.main, DATA + ["--method", "diffgan", "--out", str(tmp_path / "x")])
     assert "class 'taxol_1uM' is not in the data" in fails(
-        train.main, DATA + ["--method", "cyclegan", "--pairs", "DMSO:taxol_1uM", "--out", str(tmp_path / "c")])
+        train.main, DATA + ["--method", "cyclegan", "--pairs", "DMSO:taxol_1uM",
+                            "--out", str(tmp_path / "c")])
     assert "--d-layers" in fails(train.main, DATA + ["--method", "stargan", "--d-layers", "5",
                                                      "--out", str(tmp_path / "s")])
     train.main(DATA + ["--method", "stargan", "--steps", "1", "--out", str(tmp_path / "sg")])
     base = ["translate", "--input", str(inp), "--source", "DMSO", "--out", str(tmp_path / "t")]
-    msg = fails(phendiff.main, base + ["--ckpt", str(tmp_path / "sg"), "--target", "DMSO", "--ddim-steps", "5"])
+    msg = fails(phendiff.main, base + ["--ckpt", str(tmp_path / "sg"), "--target", "DMSO",
+                                       "--ddim-steps", "5"])
     assert "stargan does not take ddim_steps" in msg
     train.main(DATA + ["--method", "cyclegan", "--steps", "1", "--pairs", "DMSO:latrunculin_b_10uM",
                        "--out", str(tmp_path / "cg")])
-    msg = fails(phendiff.main, base + ["--ckpt", str(tmp_path / "cg"), "--target", "latrunculin_b_1uM"])
+    msg = fails(phendiff.main, base + ["--ckpt", str(tmp_path / "cg"),
+                                       "--target", "latrunculin_b_1uM"])
     assert "unknown class 'latrunculin_b_1uM'" in msg and "latrunculin_b_10uM" in msg
     msg = fails(train.main, ["--out", str(tmp_path / "sg"), "--resume", "--method", "cyclegan"])
     assert "is a stargan run, not cyclegan" in msg
     assert not (tmp_path / "t").exists()  # every check came before any output
+    train.main(DATA + ["--method", "cyclegan", "--steps", "1", "--pairs", PAIRS,
+                       "--out", str(tmp_path / "cg2")])
+    msg = fails(phendiff.main, ["translate", "--input", str(inp), "--source", "latrunculin_b_10uM",
+                                "--target", "latrunculin_b_1uM", "--ckpt", str(tmp_path / "cg2"),
+                                "--out", str(tmp_path / "t2")])
+    assert ("no CycleGAN pair model translates latrunculin_b_10uM -> latrunculin_b_1uM; the pairs: "
+            "DMSO <-> latrunculin_b_10uM, DMSO <-> latrunculin_b_1uM") in msg

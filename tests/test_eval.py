@@ -159,7 +159,7 @@ def test_cmd_ttest(folders, tmp_path, capsys):
     assert (tmp_path / "ttest.png").exists()
     with pytest.raises(SystemExit):
         E.main(["ttest", "--real", str(real), "--feature", "cell_actin_mean", "--a", classes[0],
-                "--b", classes[1]])
+                "--b", classes[1], "--out", str(tmp_path / "bad")])
     assert "cells_actin_mean" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # outputs never go inside an input folder
         E.main(["ttest", "--real", str(real), "--feature", "nuclei_count", "--a", classes[0],

@@ -17,7 +17,8 @@ def test_out_folder_never_mixes_with_inputs(tmp_path):
     data = tmp_path / "data"
     (data / "DMSO").mkdir(parents=True)
     (data / "DMSO" / "a.png").write_bytes(b"x")
-    for out in (data / "DMSO", data / "DMSO" / "sub", data):  # the input, inside it, its dataset root
+    # the input, inside it, its dataset root
+    for out in (data / "DMSO", data / "DMSO" / "sub", data):
         with pytest.raises(ValueError, match="overlaps the input folder") as e:
             files.out_folder(out, [data / "DMSO"], ["DMSO"])
         assert "\n" not in str(e.value)
@@ -38,7 +39,8 @@ def test_out_folder_keeps_earlier_results_unless_overwrite(tmp_path):
     assert (tmp_path / "grid.png").read_bytes() == b"earlier"  # the guard itself never deletes
 
 
-@pytest.mark.parametrize("channels, shape", [(1, (4, 5, 1)), (2, (4, 5, 3)), (3, (4, 5, 3)), (5, (4, 5, 3))])
+@pytest.mark.parametrize("channels, shape", [(1, (4, 5, 1)), (2, (4, 5, 3)), (3, (4, 5, 3)),
+                                             (5, (4, 5, 3))])
 def test_to_uint8_channel_rule(channels, shape):
     x = torch.linspace(-1, 1, channels * 20).view(channels, 4, 5)
     img = files.to_uint8(x)
@@ -47,7 +49,8 @@ def test_to_uint8_channel_rule(channels, shape):
     if channels == 2:
         assert (img[..., 2] == 0).all()  # no blue
     k = np.arange(256, dtype=np.float32)  # 8-bit values survive [0, 255] -> [-1, 1] -> [0, 255]
-    np.testing.assert_array_equal(files.to_uint8(torch.from_numpy(k / 255 * 2 - 1).view(1, 16, 16)).ravel(), k)
+    np.testing.assert_array_equal(
+        files.to_uint8(torch.from_numpy(k / 255 * 2 - 1).view(1, 16, 16)).ravel(), k)
 
 
 def test_class_folders_order_and_skips(tmp_path):
@@ -77,8 +80,8 @@ FLOORS = {
     "baselines.gan": {"method"}, "baselines.stargan": {"method", "baselines.gan"},
     "baselines.cyclegan": {"files", "method", "baselines.gan"},
     "eval": {"data", "features", "files", "inception", "method", "plots"},
-    "demo": {"data", "eval", "files", "method", "plots"},
-    "train": {"data", "eval", "method", "plots"},
+    "demo": {"data", "eval", "files", "plots"},
+    "train": {"data", "eval", "files", "method", "plots"},
 }
 
 

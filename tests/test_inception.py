@@ -35,7 +35,7 @@ def test_inception_reloads_strictly_and_gives_2048_features(inception_weights):
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in loaded.state_dict().items())
     # strict: missing keys fail
     torch.save({"fc.bias": torch.zeros(1008)}, path.parent / "broken.pth")
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(ValueError, match="not the Inception weights file.*Missing key"):
         I.load_inception(str(path.parent / "broken.pth"))
 
 

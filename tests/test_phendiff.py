@@ -1,6 +1,4 @@
 """PhenDiff translation against the Gaussian oracle, and the command line on a tiny checkpoint."""
-import contextlib
-import io
 import re
 import warnings
 
@@ -14,6 +12,7 @@ import method as M
 import phendiff
 import plots
 from data import ImageDataset
+from tests.helpers import fails, write_images
 
 # ---------------------------------------------------------------------------------------------
 # the method, with an analytic eps-model: class y is N(mu_y, sigma_y^2 I)
@@ -94,34 +93,16 @@ CLASSES = ["DMSO", "latrunculin_b_1uM", "latrunculin_b_3uM"]
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0)
-    net = phendiff.PhenDiff(phendiff.PhenDiffConfig.preset("tiny", image_size=16, num_classes=len(CLASSES)))
+    net = phendiff.PhenDiff(phendiff.PhenDiffConfig.preset("tiny", image_size=16,
+                                                           num_classes=len(CLASSES)))
     with torch.no_grad():  # leave the zero initialisation so the translation is not the identity
         for p in net.ema.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    ds = ImageDataset(torch.zeros(1, 3, 16, 16), torch.zeros(1), CLASSES, ["actin", "tubulin", "dna"],
-                      {"low": [0.0] * 3, "high": [1.0] * 3})
+    ds = ImageDataset(torch.zeros(1, 3, 16, 16), torch.zeros(1), CLASSES,
+                      ["actin", "tubulin", "dna"], {"low": [0.0] * 3, "high": [1.0] * 3})
     path = tmp_path / "tiny.pt"
     M.save_checkpoint(M.make_checkpoint(net, ds, 0, {}), path)
     return path
-
-
-def write_images(folder, n=3, size=16, channels=3):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        img = rng.integers(0, 255, (size, size, channels), dtype=np.uint8)
-        Image.fromarray(img.squeeze()).save(folder / f"cell_{i}.png")
-    return folder
-
-
-def run(argv, main=phendiff.main):
-    """A command that must fail: exit code 2 and a one-line message on stderr, which it returns."""
-    err = io.StringIO()
-    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(err):
-        main(argv)
-    msg = err.getvalue().strip()
-    assert e.value.code == 2 and "\n" not in msg and "Traceback" not in msg, msg
-    return msg
 
 
 def test_cli_writes_translations(ckpt, tmp_path):
@@ -129,50 +110,58 @@ def test_cli_writes_translations(ckpt, tmp_path):
     (inp / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="notes.txt"):
+        # --target latrunculin_b = its 2 doses
         phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO",
-                       "--target", "latrunculin_b", "--ddim-steps", "5", "--out", str(out)])  # = its 2 doses
+                       "--target", "latrunculin_b", "--ddim-steps", "5", "--out", str(out)])
     for t in ("latrunculin_b_1uM", "latrunculin_b_3uM"):
-        assert sorted(p.name for p in (out / t).iterdir()) == ["cell_0.png", "cell_1.png", "cell_2.png"]
+        assert sorted(p.name for p in (out / t).iterdir()) == ["cell_0.png", "cell_1.png",
+                                                                 "cell_2.png"]
         arr = np.load(out / f"{t}.npy")
         assert arr.shape == (3, 3, 16, 16) and np.isfinite(arr).all()
     assert (out / "grid.png").stat().st_size > 0
     assert (out / "files.txt").read_text().split() == ["cell_0.png", "cell_1.png", "cell_2.png"]
     # the PNG holds the same translation as the .npy (identity normalisation: raw = display scale)
     png = np.asarray(Image.open(out / "latrunculin_b_3uM" / "cell_1.png")) / 255
-    assert np.abs(png.transpose(2, 0, 1) - np.load(out / "latrunculin_b_3uM.npy")[1].clip(0, 1)).max() < 1 / 255 + 1e-6
+    assert np.abs(png.transpose(2, 0, 1)
+                  - np.load(out / "latrunculin_b_3uM.npy")[1].clip(0, 1)).max() < 1 / 255 + 1e-6
     # deterministic: a second run gives the same numbers
     out2 = tmp_path / "out2"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO",
                        "--target", "latrunculin_b_3uM", "--ddim-steps", "5", "--out", str(out2)])
-    np.testing.assert_array_equal(np.load(out2 / "latrunculin_b_3uM.npy"), np.load(out / "latrunculin_b_3uM.npy"))
+    np.testing.assert_array_equal(np.load(out2 / "latrunculin_b_3uM.npy"),
+                                  np.load(out / "latrunculin_b_3uM.npy"))
 
 
 def test_cli_bad_input(ckpt, tmp_path):
     inp = write_images(tmp_path / "in")
-    base = ["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO", "--ddim-steps", "2"]
-    msg = run(base + ["--target", "taxol", "--out", str(tmp_path / "o1")])
+    base = ["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source", "DMSO",
+            "--ddim-steps", "2"]
+    msg = fails(phendiff.main, base + ["--target", "taxol", "--out", str(tmp_path / "o1")])
     assert "unknown class 'taxol'" in msg and "latrunculin_b_3uM" in msg and "\n" not in msg
 
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.png").write_bytes(b"not a png at all")
-    msg = run(["translate", "--ckpt", str(ckpt), "--input", str(bad), "--source", "DMSO",
+    msg = fails(phendiff.main, ["translate", "--ckpt", str(ckpt), "--input", str(bad),
+                                "--source", "DMSO",
                "--target", "DMSO", "--out", str(tmp_path / "o2")])
     assert "broken.png" in msg
 
     grey = write_images(tmp_path / "grey", channels=1)
-    msg = run(["translate", "--ckpt", str(ckpt), "--input", str(grey), "--source", "DMSO",
+    msg = fails(phendiff.main, ["translate", "--ckpt", str(ckpt), "--input", str(grey),
+                                "--source", "DMSO",
                "--target", "DMSO", "--out", str(tmp_path / "o3")])
     assert "1 channels" in msg and "3" in msg
 
-    msg = run(base + ["--target", "DMSO", "--out", str(inp / "sub")])
+    msg = fails(phendiff.main, base + ["--target", "DMSO", "--out", str(inp / "sub")])
     assert "overlaps the input folder" in msg
 
     not_ckpt = tmp_path / "x.pt"
     torch.save({"hello": 1}, not_ckpt)
-    msg = run(["translate", "--ckpt", str(not_ckpt), "--input", str(inp), "--source", "DMSO",
+    msg = fails(phendiff.main, ["translate", "--ckpt", str(not_ckpt), "--input", str(inp),
+                                "--source", "DMSO",
                "--target", "DMSO", "--out", str(tmp_path / "o4")])
     assert "x.pt" in msg and "not a phendiff checkpoint" in msg
 
@@ -180,8 +169,9 @@ def test_cli_bad_input(ckpt, tmp_path):
 def test_cli_other_sizes_are_cropped_with_a_warning(ckpt, tmp_path):
     inp = write_images(tmp_path / "big", n=1, size=24)
     with pytest.warns(UserWarning, match="centre-cropped"):
-        phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp / "cell_0.png"), "--source",
-                       "DMSO", "--target", "DMSO", "--ddim-steps", "2", "--out", str(tmp_path / "o")])
+        phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp / "cell_0.png"),
+                       "--source", "DMSO", "--target", "DMSO", "--ddim-steps", "2",
+                       "--out", str(tmp_path / "o")])
     assert np.load(tmp_path / "o" / "DMSO.npy").shape == (1, 3, 16, 16)
 
 
@@ -191,31 +181,38 @@ def test_export_drops_optimizer_state(ckpt, tmp_path):
     assert "optimizer" not in slim["state"] and "rng" not in slim and slim["classes"] == CLASSES
     x, t, y = torch.zeros(1, 3, 16, 16), torch.tensor([10]), torch.tensor([1])
     torch.testing.assert_close(M.build(slim).ema(x, t, y), M.build(full).ema(x, t, y))
-    assert "--overwrite" in run(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "slim.pt")])
-    assert "overwrite the input" in run(["export", "--ckpt", str(ckpt), "--out", str(ckpt), "--overwrite"])
+    export = ["export", "--ckpt", str(ckpt), "--out"]
+    assert "--overwrite" in fails(phendiff.main, export + [str(tmp_path / "slim.pt")])
+    assert "overwrite the input" in fails(phendiff.main, export + [str(ckpt),
+                                         "--overwrite"])
 
 
 def test_demo_micro_writes_every_artefact(tmp_path):
     """The demo end to end at a micro setting: a 2-step model trained by the recorded command."""
     out = tmp_path / "demo"
-    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--ddim-steps", "3", "--n-recon", "2",
-                   "--workers", "1", "--train-args",
+    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--ddim-steps", "3",
+                   "--n-recon", "2", "--workers", "1", "--train-args",
                    "--steps 2 --n-per-class 2 --base-channels 16 --sample-every 0 --log-every 1"])
     assert (out / "train" / "last.pt").exists()
-    for name in ("dose_series.png", "translation.png", "dose_response.png", "fig4_correlations.png"):
+    for name in ("dose_series.png", "translation.png", "dose_response.png",
+                 "fig4_correlations.png"):
         assert (out / name).stat().st_size > 1000, name
     report = (out / "report.md").read_text()
-    for needle in ("Latrunculin B", "Spearman", "median Pearson r", "plain eq. 6", "exact (5 fixed-point",
-                   "![](dose_series.png)"):
+    for needle in ("Latrunculin B", "Spearman", "median Pearson r", "plain eq. 6",
+                   "exact (5 fixed-point", "![](dose_series.png)"):
         assert needle in report, needle
-    assert len(re.findall(r"\| (PASS|FAIL) \|", report)) == 2  # both targets judged, whatever the verdict
+    # both targets judged, whatever the verdict
+    assert len(re.findall(r"\| (PASS|FAIL) \|", report)) == 2
 
 
 def test_demo_takes_a_model_of_some_compounds(tmp_path):
-    """A model trained on DMSO + Latrunculin B only is judged on its own classes (the README's 9-class check)."""
+    """A model trained on DMSO + Latrunculin B only is judged on its own classes (the README's
+    9-class check)."""
     out = tmp_path / "demo9"
-    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--ddim-steps", "2", "--n-recon", "2",
-                   "--workers", "1", "--train-args", "--steps 1 --n-per-class 4 --base-channels 16 "
+    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--ddim-steps", "2",
+                   "--n-recon", "2", "--workers", "1", "--train-args",
+                   "--steps 1 --n-per-class 4 --base-channels 16 "
                    "--sample-every 0 --compounds latrunculin_b"])
     report = (out / "report.md").read_text()
-    assert "| latrunculin_b | 8 |" in report and "nocodazole" not in report and "herbimycin" not in report
+    assert ("| latrunculin_b | 8 |" in report and "nocodazole" not in report
+            and "herbimycin" not in report)

@@ -1,7 +1,5 @@
 """train.py end to end on the CPU: DDP agreement, exact resume after SIGKILL, learning, faults."""
-import contextlib
 import csv
-import io
 import os
 import re
 import signal
@@ -19,32 +17,25 @@ import ddim
 import method as M
 import phendiff
 import train
+from tests.helpers import fails
 from method import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a ~20k-parameter UNet on 16x16 images: every run below takes seconds
 SMALL = ["--preset", "tiny", "--image-size", "16", "--base-channels", "8", "--channel-mult", "1,2",
          "--num-res-blocks", "1", "--attn-res", "8", "--sample-every", "0", "--log-every", "1"]
-SYNTH = ["--data", "synthetic", "--compounds", "latrunculin_b", "--n-per-class", "4", "--batch-size", "4"]
+SYNTH = ["--data", "synthetic", "--compounds", "latrunculin_b", "--n-per-class", "4",
+         "--batch-size", "4"]
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Models this small run fastest on one thread; two threads crawl when other jobs share the cores."""
+    """Models this small run fastest on one thread; two threads crawl when other jobs share the
+    cores."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def fails(argv):
-    """A train.py run that must stop at once: exit code 2, one line on stderr, which it returns."""
-    err = io.StringIO()
-    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(err):
-        train.main(argv)
-    msg = err.getvalue().strip()
-    assert e.value.code == 2 and "\n" not in msg and "Traceback" not in msg, msg
-    return msg
 
 
 def weights_equal(a, b):
@@ -52,7 +43,8 @@ def weights_equal(a, b):
 
 
 def _ddp_worker(rank, port, argv, folder):
-    """One torchrun-like rank: the env vars torchrun sets, then train.main; saves what DDP trained."""
+    """One torchrun-like rank: the env vars torchrun sets, then train.main; saves what DDP
+    trained."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -79,7 +71,8 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     assert weights_equal(w0, w1)
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and weights_equal(ckpt["state"]["model"], w0)
-    assert not weights_equal(ckpt["state"]["model"], ckpt["state"]["ema"])  # the EMA lags the trained weights
+    # the EMA lags the trained weights
+    assert not weights_equal(ckpt["state"]["model"], ckpt["state"]["ema"])
 
 
 KILLED = """
@@ -101,7 +94,8 @@ train.main({argv!r})
 def test_sigkill_and_resume_is_bitwise_exact(tmp_path):
     # grad accumulation, label dropout, model dropout and augmentation all draw random numbers
     argv = SMALL + SYNTH + ["--steps", "8", "--ckpt-every", "3", "--keep", "1", "--grad-accum", "2",
-                            "--p-uncond", "0.3", "--dropout", "0.1", "--sample-every", "4", "--ddim-steps", "2"]
+                            "--p-uncond", "0.3", "--dropout", "0.1", "--sample-every", "4",
+                            "--ddim-steps", "2"]
     whole = load_checkpoint(train.main(argv + ["--out", str(tmp_path / "a")]))
 
     killed = argv + ["--out", str(tmp_path / "b")]  # SIGKILL inside step 7 (13th of 16 micro-steps)
@@ -109,7 +103,7 @@ def test_sigkill_and_resume_is_bitwise_exact(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 6
-    assert "not empty" in fails(killed)
+    assert "not empty" in fails(train.main, killed)
     resumed = load_checkpoint(train.main(["--out", str(tmp_path / "b"), "--resume"]))
 
     assert resumed["step"] == whole["step"] == 8
@@ -118,13 +112,15 @@ def test_sigkill_and_resume_is_bitwise_exact(tmp_path):
     opt_a, opt_b = whole["state"]["optimizer"], resumed["state"]["optimizer"]
     assert opt_a["param_groups"] == opt_b["param_groups"]
     assert all(weights_equal(opt_a["state"][i], opt_b["state"][i]) for i in opt_a["state"])
-    assert sorted(p.name for p in (tmp_path / "b").glob("ckpt_*.pt")) == ["ckpt_0000008.pt"]  # --keep 1
+    # --keep 1
+    assert sorted(p.name for p in (tmp_path / "b").glob("ckpt_*.pt")) == ["ckpt_0000008.pt"]
     with open(tmp_path / "b" / "log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 9))  # no rows twice
 
 
 def two_colour_classes(path, n=64, size=16):
-    """Class 'red' is red-dominant, class 'blue' blue-dominant, each with a random blob and noise."""
+    """Class 'red' is red-dominant, class 'blue' blue-dominant, each with a random blob and
+    noise."""
     g = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
     images = []
@@ -132,7 +128,8 @@ def two_colour_classes(path, n=64, size=16):
         cy, cx = g.uniform(3, size - 3, 2)
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8)
         colour = np.array([0.8, 0.3, 0.2] if i < n else [0.2, 0.3, 0.8])[:, None, None]
-        images.append(np.clip(colour * (0.5 + 0.5 * blob) + g.normal(0, 0.03, (3, size, size)), 0, 1))
+        images.append(np.clip(colour * (0.5 + 0.5 * blob) + g.normal(0, 0.03, (3, size, size)),
+                              0, 1))
     np.savez(path, images=np.stack(images).transpose(0, 2, 3, 1).astype(np.float32),  # (N, H, W, C)
              labels=np.repeat([0, 1], n),
              classes=np.array(["red", "blue"]))
@@ -140,36 +137,46 @@ def two_colour_classes(path, n=64, size=16):
 
 def test_fits_two_classes_and_generates_by_class(tmp_path):
     two_colour_classes(tmp_path / "two.npz")
-    path = train.main(SMALL + ["--data", str(tmp_path / "two.npz"), "--steps", "200", "--batch-size", "16",
-                               "--warmup", "20", "--log-every", "10", "--sample-every", "200",
-                               "--ddim-steps", "10", "--out", str(tmp_path / "r")])
+    path = train.main(SMALL + ["--data", str(tmp_path / "two.npz"), "--steps", "200",
+                               "--batch-size", "16", "--warmup", "20", "--log-every", "10",
+                               "--sample-every", "200", "--ddim-steps", "10",
+                               "--out", str(tmp_path / "r")])
     with open(tmp_path / "r" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert float(rows[-1]["loss"]) < 0.5 * float(rows[0]["loss"])
     assert np.isfinite(float(rows[-1]["recon_psnr"]))
-    assert (tmp_path / "r" / "samples_0000200.png").exists() and (tmp_path / "r" / "loss.png").exists()
+    assert ((tmp_path / "r" / "samples_0000200.png").exists()
+            and (tmp_path / "r" / "loss.png").exists())
 
-    # Generate each class from the latents of the other class's images (PhenDiff's use of the model):
-    # after 200 steps samples from pure noise are not yet faithful, class-conditional generation is.
+    # Generate each class from the latents of the other class's images (PhenDiff's use of the
+    # model): after 200 steps samples from pure noise are not yet faithful, class-conditional
+    # generation is.
     method, ckpt = M.load_method(path)
     model, alpha = method.ema, ddim.make_schedule("linear")
     images = data.load_dataset(str(tmp_path / "two.npz"), image_size=16)
     for source, target in ((0, 1), (1, 0)):
         x = images.images[images.labels == source][:8]
         z = ddim.invert(model, x, torch.full((8,), source), alpha, 20)
-        moved = ddim.sample(model, z, torch.full((8,), target), alpha, 20).mean((0, 2, 3)) - x.mean((0, 2, 3))
+        moved = (ddim.sample(model, z, torch.full((8,), target), alpha, 20).mean((0, 2, 3))
+                 - x.mean((0, 2, 3)))
         red_to_blue = ckpt["classes"][target] == "blue"
         assert (moved[2] - moved[0] > 0.5) if red_to_blue else (moved[0] - moved[2] > 0.5), moved
 
 
 def test_refuses_reused_out_and_bad_arguments(tmp_path):
     (tmp_path / "notes.txt").write_text("an earlier run")
-    assert "--resume" in fails(SMALL + SYNTH + ["--out", str(tmp_path)])
-    assert "no checkpoint" in fails(SMALL + SYNTH + ["--out", str(tmp_path), "--resume"])
-    assert "--steps must be at least 1" in fails(SMALL + SYNTH + ["--steps", "0", "--out", str(tmp_path / "new")])
-    assert "--lr must be a finite number > 0, got nan" in fails(SMALL + SYNTH + ["--lr", "nan", "--out", str(tmp_path / "n")])
-    assert "unknown preset 'huge'" in fails(SMALL + SYNTH + ["--preset", "huge", "--out", str(tmp_path / "n")])
-    assert not (tmp_path / "new").exists() and not (tmp_path / "n").exists()
+    base = SMALL + SYNTH + ["--out"]
+    assert "--resume" in fails(train.main, base + [str(tmp_path)])
+    assert "no checkpoint" in fails(train.main, base + [str(tmp_path), "--resume"])
+    new = str(tmp_path / "new")
+    assert "argument --steps: must be at least 1, got 0" in fails(train.main,
+                                                                  base + [new, "--steps", "0"])
+    assert "argument --lr: must be a finite number, got nan" in fails(train.main,
+                                                                      base + [new, "--lr", "nan"])
+    assert "--lr must be a finite number > 0, got -1" in fails(train.main,
+                                                               base + [new, "--lr", "-1"])
+    assert "unknown preset 'huge'" in fails(train.main, base + [new, "--preset", "huge"])
+    assert not (tmp_path / "new").exists()
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -180,7 +187,8 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return loss(*a, **k) * (float("nan") if calls[0] == 5 else 1.0)
 
     monkeypatch.setattr(ddim, "loss", nan_at_fifth)
-    msg = fails(SMALL + SYNTH + ["--steps", "10", "--ckpt-every", "2", "--out", str(tmp_path)])
+    msg = fails(train.main, SMALL + SYNTH + ["--steps", "10", "--ckpt-every", "2",
+                                             "--out", str(tmp_path)])
     assert re.search("non-finite values .* at step 5: stopped without saving.*last.pt", msg), msg
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["step"] == 4 and not (tmp_path / "ckpt_0000005.pt").exists()
