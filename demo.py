@@ -7,6 +7,7 @@ and the figures: the dose series (Fig. 3), translations with difference maps (Fi
 translated dose-responses, Fig. 4, and two checks of input preservation (reconstruction, Table 2;
 the shuffled-input control: is a translation closer to its own input than to another one?).
 """
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,31 @@ def input_preservation(net, x, y, classes, names, args):
     return rows
 
 
+def spread(x):
+    """Mean pairwise RMS distance between the images of a set (in [-1, 1] units)."""
+    d = torch.cdist(x.flatten(1).double(), x.flatten(1).double()) / math.sqrt(x[0].numel())
+    return float(d.sum() / (len(x) * (len(x) - 1)))
+
+
+def samples_from_noise(net, real, args):
+    """A generative method's samples from noise, class by class, against the real images: the
+    spread within each class (a mode collapse shows as a much smaller one), and whether the
+    samples' Latrunculin B actin follows the dose. real: {class: (N, C, H, W) in [0, 1]}."""
+    fake = {c: (batched(lambda y: net.sample(y, seed=1), [torch.full((len(x),), i)], args) + 1) / 2
+            for i, (c, x) in enumerate(real.items())}
+    spreads = {c: (spread(real[c] * 2 - 1), spread(fake[c] * 2 - 1)) for c in real}
+    rho = (float("nan"), float("nan"))
+    if LAT in files.compounds(list(real)):
+        groups, means, _ = dose_response({c: real[c] for c in real if c != "DMSO"},
+                                         {c: fake[c] for c in real if c != "DMSO"},
+                                         workers=args.workers)
+        doses = groups[LAT]
+        conc = [files.parse_class(c)[1] for c in doses]
+        rho = tuple(spearman(np.array(conc), np.array([means[src, c][ACTIN] for c in doses]))
+                    for src in ("translated", "real"))
+    return spreads, rho
+
+
 def run(args):
     """The demo: translate, reconstruct, measure the dose-responses, write report.md."""
     out = files.out_folder(args.out, writes=["report.md"], overwrite=args.overwrite)
@@ -110,7 +136,8 @@ def run(args):
     if not args.ckpt and (args.train or args.preset != "cpu" or not ckpt_path.exists()):
         ckpt_path = train_demo_model(out / "train", args.preset, args.train_args)
     # PhenDiff with plain and exact inversion for the reconstruction table; the plain one translates
-    ckpt, variants = load_variants(ckpt_path, args.device, args.ddim_steps, args.fixed_point_iters)
+    ckpt, variants = load_variants(ckpt_path, args.device, args.ddim_steps, args.fixed_point_iters,
+                                   args.projection, args.projection_steps)
     net = next(iter(variants.values()))
     classes, size = ckpt["classes"], ckpt["config"]["image_size"]
     print(f"{ckpt['method']} {ckpt_path} ({len(classes)} classes, {size}x{size}, "
@@ -144,6 +171,7 @@ def run(args):
 
     # 3. Fig. 4: per-feature means of real and translated images at each concentration
     real = {c: (ds.images[ds.labels == i] + 1) / 2 for i, c in enumerate(classes)}
+    samples = samples_from_noise(net, real, args) if hasattr(net, "sample") else None
     fake = {c: (y[i] + 1) / 2 for i, c in enumerate(classes)}
     groups, means, r = dose_response(real, fake, workers=args.workers)
     plots.fig4(r, groups, out / "fig4_correlations.png")
@@ -161,7 +189,8 @@ def run(args):
         abs(spearman(conc[k], curve["real", k][f])))) for k in groups}
     plots.dose_response(conc, curve, shown, out / "dose_response.png")
     numbers = dict(groups=groups, varying=varying, r=r, median_r=median_r, rho=rho, conc=conc,
-                   curve=curve, recon=recon, preserved=preserved)
+                   curve=curve, recon=recon, preserved=preserved, samples=samples,
+                   how=net.describe())
     write_report(out, ckpt_path, ckpt, args, len(x), numbers)
     print(f"Latrunculin B actin: Spearman rho(real, translated) = {rho:.2f} (target >= 0.8); "
           f"median Pearson r over {len(varying)} dose-varying features = {median_r:.2f} "
@@ -172,9 +201,7 @@ def run(args):
 def write_report(out, ckpt_path, ckpt, args, n_inputs, n):
     """report.md: the numbers, whether each target is met, and the figures."""
     ok = lambda v, target: "PASS" if np.isfinite(v) and v >= target else "FAIL"  # noqa: E731
-    cfg, steps = ckpt["config"], f", {args.ddim_steps} DDIM steps, no guidance"
-    how = (f"inverted under DMSO (eq. 6) and sampled under every class (eq. 5){steps}"
-           if ckpt["method"] == "phendiff" else "translated to every class")
+    cfg, how = ckpt["config"], n["how"]
     lines = [
         f"# Translation report: {ckpt['method']}", "",
         f"Model `{ckpt_path}` ({ckpt['method']}, step {ckpt.get('step')}, {len(ckpt['classes'])} "
@@ -206,6 +233,15 @@ def write_report(out, ckpt_path, ckpt, args, n_inputs, n):
         lines += ["", f"Spearman ρ with concentration: real {spearman(n['conc'][LAT], real):.2f}, "
                       f"translated {spearman(n['conc'][LAT], fake):.2f}."]
     lines += _input_sections(args, n)
+    if n["samples"]:
+        spreads, (rho, rho_real) = n["samples"]
+        lines += ["", "## Samples from noise", "",
+                  f"Latrunculin B: Spearman ρ between dose and the `{ACTIN}` means of {args.n} "
+                  f"samples per class: {rho:.2f} (of real images: {rho_real:.2f}). Spread: the "
+                  "mean pairwise RMS distance between images of a class ([-1, 1] units); a "
+                  "collapsed generator samples a much smaller spread than the real one.", "",
+                  "| class | real spread | sampled spread |", "|---|---|---|"]
+        lines += [f"| {c} | {a:.3f} | {b:.3f} |" for c, (a, b) in spreads.items()]
     lines += ["", "## Figures", "",
               "Dose series (the paper's Fig. 3): ![](dose_series.png)", "",
               "Translation to each compound's top dose, with difference maps (Fig. 1): "

@@ -131,11 +131,16 @@ def variant_flags(p):
                    help="phendiff: DDIM steps each way (%(default)s)")
     p.add_argument("--fixed-point-iters", type=files.integer(0), default=5,
                    help="phendiff: iterations of the exact-inversion row (%(default)s)")
+    p.add_argument("--projection", choices=["w", "w+"], help="stylegan: PhenEx/W or W+ (w)")
+    p.add_argument("--projection-steps", type=files.integer(1),
+                   help="stylegan: projection steps per image (1000)")
 
 
-def load_variants(path, device, ddim_steps, fixed_point_iters):
+def load_variants(path, device, ddim_steps, fixed_point_iters, projection=None,
+                  projection_steps=None):
     """(checkpoint, {name: method}) for Table 2: PhenDiff with plain (eq. 6) and exact inversion,
-    any other method (or a folder of CycleGAN pair runs) as it is."""
+    a StyleGAN with its projection (W or W+), any other method (or a folder of CycleGAN pair runs)
+    as it is."""
     path = M.checkpoint_path(path)
     if path.is_file():
         ckpt = M.load_checkpoint(path)
@@ -145,7 +150,8 @@ def load_variants(path, device, ddim_steps, fixed_point_iters):
             return ckpt, {"plain eq. 6": build(0),
                           f"exact ({fixed_point_iters} fixed-point iters)":
                               build(fixed_point_iters)}
-    net, ckpt = M.load_method(path, device)
+    options = dict(projection=projection, projection_steps=projection_steps)
+    net, ckpt = M.load_method(path, device, **{k: v for k, v in options.items() if v is not None})
     return ckpt, {"translate to the own class": net}
 
 # -----------------------------------------------------------------------------
@@ -268,7 +274,8 @@ def recon_from_folders(a):
 
 def recon_from_checkpoint(a):
     """The shortcut: n images of --data reconstructed by the checkpoint's method (every variant)."""
-    ckpt, variants = load_variants(a.ckpt, a.device, a.ddim_steps, a.fixed_point_iters)
+    ckpt, variants = load_variants(a.ckpt, a.device, a.ddim_steps, a.fixed_point_iters,
+                                   a.projection, a.projection_steps)
     ds = data.load_dataset(a.data, image_size=ckpt["config"]["image_size"],
                            n_per_class=a.n_per_class, seed=a.seed,
                            normalization=ckpt.get("normalization"))

@@ -39,7 +39,8 @@ CHECKPOINT_VERSION = 2
 # does not import every other method, and phendiff.py can import this module
 METHODS = {"phendiff": ("phendiff", "PhenDiff"),
            "cyclegan": ("baselines.cyclegan", "CycleGAN"),
-           "stargan": ("baselines.stargan", "StarGAN")}
+           "stargan": ("baselines.stargan", "StarGAN"),
+           "stylegan": ("baselines.stylegan", "StyleGAN")}
 
 
 def method_class(name):
@@ -59,6 +60,7 @@ class Method:
     """Defaults of the interface; a method overrides what it does better (or at all)."""
     name = "method"
     OPTIONS = {}
+    EVAL_OPTIONS = {}  # faster options for train.py's evaluation grids
     TWO_CLASSES = False  # True: a model per class pair (CycleGAN); train.py runs one per --pairs
 
     def translate_many(self, x, y_source, targets):
@@ -69,6 +71,10 @@ class Method:
 
     def encode(self, x):
         raise ValueError(f"{self.name} has no encoder")
+
+    def describe(self):
+        """How the method translates, in words for reports (completes "... images were ...")."""
+        return "translated to every class"
 
     def check_options(self, options):
         """Inference options of this method with their defaults filled in; others are an error."""
@@ -261,6 +267,8 @@ def load_method(path, device="cpu", **options):
     """(method, checkpoint) from a checkpoint file or run folder. A folder of runs, one per class
     pair (CycleGAN), loads as one method over all their classes (the class's `combine`)."""
     path = Path(path)
+    if path.name == "last.pt" and not path.exists() and list(path.parent.glob("*/last.pt")):
+        path = path.parent  # <pairs run>/last.pt names the pair runs of that folder
     if path.is_dir() and not (path / "last.pt").exists():
         runs = sorted(path.glob("*/last.pt"))
         if not runs:

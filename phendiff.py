@@ -177,6 +177,12 @@ class PhenDiff(M.Method):
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_val, "grad_norm": norm_val, "lr": lr}
 
+    def describe(self):
+        o = self.options
+        exact = f", {o['fixed_point_iters']} fixed-point iterations" * bool(o["fixed_point_iters"])
+        return (f"inverted under the source class (eq. 6{exact}) and sampled under every class "
+                f"(eq. 5), {o['ddim_steps']} DDIM steps, guidance {o['guidance']:g}")
+
     def net(self):
         """The EMA weights (default) or the raw ones, in eval mode."""
         return self.ema if self.options["ema"] else self.model.eval()
@@ -240,7 +246,8 @@ def expand_targets(names, classes):
 def method_options(args):
     """The inference flags the user gave, as method options (the method refuses foreign ones)."""
     given = dict(ddim_steps=args.ddim_steps, fixed_point_iters=args.fixed_point_iters,
-                 guidance=args.guidance, ema=False if args.no_ema else None)
+                 guidance=args.guidance, ema=False if args.no_ema else None,
+                 projection=args.projection, projection_steps=args.projection_steps)
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -313,6 +320,10 @@ def get_parser():
         g.add_argument("--guidance", type=files.real,
                        help="phendiff: classifier-free guidance w (0)")
         g.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
+        g.add_argument("--projection", choices=["w", "w+"],
+                       help="stylegan: PhenEx/W or PhenEx/W+ (w)")
+        g.add_argument("--projection-steps", type=files.integer(1),
+                       help="stylegan: projection steps per image (1000)")
         t.set_defaults(run=cmd_translate, target=None)
     d = sub.add_parser("demo",
                        help="PhenDiff (or any method) on the synthetic benchmark: report.md")

@@ -247,7 +247,8 @@ def build_method(cls, args, ds, ckpt, device):
                              f"from the run's ({stored}); resume with the run's --data and "
                              "--image-size")
         config = cls.Config(**{**ckpt["config"], **flags})
-    options = {"ddim_steps": args.ddim_steps} if "ddim_steps" in cls.OPTIONS else {}
+    options = {**cls.EVAL_OPTIONS,
+               **({"ddim_steps": args.ddim_steps} if "ddim_steps" in cls.OPTIONS else {})}
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     method = cls(config, device, **options)
     if ckpt is None:
@@ -278,6 +279,10 @@ def evaluate(method, x, y, targets, path):
     returns the mean reconstruction PSNR (dB, images in [0, 1])."""
     moved = method.translate_many(x, y, [y, *targets])  # PhenDiff: one inversion for all rows
     plots.image_grid(torch.cat([x, *moved]), len(targets) + 2, path)
+    if hasattr(method, "sample"):  # a GAN that samples: what it learned, a row per class
+        labels = torch.tensor(targets, device=x.device).repeat_interleave(len(x))
+        plots.image_grid(method.sample(labels), len(targets),
+                         path.with_name(path.name.replace("samples_", "classes_")))
     return float(reconstruction_error(x, moved[0])["psnr"].mean())
 
 

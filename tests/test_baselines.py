@@ -159,7 +159,7 @@ train.main({argv!r})
 """
 
 
-@pytest.mark.parametrize("name", ["stargan", "cyclegan"])
+@pytest.mark.parametrize("name", ["stargan", "cyclegan", "stylegan"])
 def test_gan_resume_after_sigkill_is_bitwise_exact(tmp_path, name):
     argv = DATA + ["--method", name, "--steps", "7", "--ckpt-every", "3",
                    "--pairs", "DMSO:latrunculin_b_10uM"]
@@ -184,14 +184,19 @@ def test_gan_resume_after_sigkill_is_bitwise_exact(tmp_path, name):
 
 def test_every_method_round_trips_through_translate(tmp_path):
     inp = write_images(tmp_path / "in", n=3, size=16)
-    for name in ("phendiff", "stargan", "cyclegan"):
+    quick = {"phendiff": (["--ddim-steps", "3"], dict(ddim_steps=3)),
+             "stylegan": (["--projection-steps", "3"], dict(projection_steps=3))}
+    for name in ("phendiff", "stargan", "cyclegan", "stylegan"):
+        flags, options = quick.get(name, ([], {}))
         run = tmp_path / name
         train.main(DATA + ["--method", name, "--steps", "2", "--pairs", PAIRS, "--out", str(run)])
         out = tmp_path / f"t_{name}"
-        phendiff.main(["translate", "--ckpt", str(run), "--input", str(inp), "--source", "DMSO",
+        # run/last.pt: also for CycleGAN, whose pair runs are run/<A>__<B>/last.pt
+        phendiff.main(["translate", "--ckpt", str(run / "last.pt"), "--input", str(inp),
+                       "--source", "DMSO",
                        "--target", "latrunculin_b_10uM", "latrunculin_b_1uM", "--out", str(out)] +
-                      (["--ddim-steps", "3"] if name == "phendiff" else []))
-        net, ckpt = M.load_method(run, ddim_steps=3) if name == "phendiff" else M.load_method(run)
+                      flags)
+        net, ckpt = M.load_method(run, **options)
         x = phendiff.read_inputs(sorted(inp.iterdir()), ckpt)
         for target in ("latrunculin_b_10uM", "latrunculin_b_1uM"):
             assert len(list((out / target).glob("*.png"))) == 3
@@ -202,7 +207,7 @@ def test_every_method_round_trips_through_translate(tmp_path):
                                        expected.numpy() * 0.5 + 0.5, atol=1e-6)
         phendiff.main(["reconstruct", "--ckpt", str(run), "--input", str(inp), "--source", "DMSO",
                        "--out", str(tmp_path / f"r_{name}")] +
-                      (["--ddim-steps", "3"] if name == "phendiff" else []))
+                      flags)
         assert len(list((tmp_path / f"r_{name}" / "DMSO").glob("*.png"))) == 3
     runs = sorted(p.name for p in (tmp_path / "cyclegan").iterdir())
     assert runs == [".lock", "DMSO__latrunculin_b_10uM", "DMSO__latrunculin_b_1uM"]

@@ -79,6 +79,7 @@ FLOORS = {
     "phendiff": {"data", "ddim", "demo", "files", "method", "model", "plots"},
     "baselines.gan": {"method"}, "baselines.stargan": {"method", "baselines.gan"},
     "baselines.cyclegan": {"files", "method", "baselines.gan"},
+    "baselines.stylegan": {"method", "baselines", "baselines.gan"}, "baselines.phenex": set(),
     "eval": {"data", "features", "files", "inception", "method", "plots"},
     "demo": {"data", "eval", "files", "plots"},
     "train": {"data", "eval", "files", "method", "plots"},
