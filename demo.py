@@ -7,7 +7,6 @@ and the figures: the dose series (Fig. 3), translations with difference maps (Fi
 translated dose-responses, Fig. 4, and two checks of input preservation (reconstruction, Table 2;
 the shuffled-input control: is a translation closer to its own input than to another one?).
 """
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ from tqdm import tqdm
 import data
 import files
 import plots
-from eval import dose_response, load_variants, reconstruction_error, spearman, variant_flags
+from eval import (dose_response, load_variants, reconstruction_error, sample_statistics, spearman,
+                  variant_flags)
 
 HERE = Path(__file__).resolve().parent
 DEMO_CKPT = HERE / "checkpoints" / "demo.pt"
@@ -104,31 +104,6 @@ def input_preservation(net, x, y, classes, names, args):
     return rows
 
 
-def spread(x):
-    """Mean pairwise RMS distance between the images of a set (in [-1, 1] units)."""
-    d = torch.cdist(x.flatten(1).double(), x.flatten(1).double()) / math.sqrt(x[0].numel())
-    return float(d.sum() / (len(x) * (len(x) - 1)))
-
-
-def samples_from_noise(net, real, args):
-    """A generative method's samples from noise, class by class, against the real images: the
-    spread within each class (a mode collapse shows as a much smaller one), and whether the
-    samples' Latrunculin B actin follows the dose. real: {class: (N, C, H, W) in [0, 1]}."""
-    fake = {c: (batched(lambda y: net.sample(y, seed=1), [torch.full((len(x),), i)], args) + 1) / 2
-            for i, (c, x) in enumerate(real.items())}
-    spreads = {c: (spread(real[c] * 2 - 1), spread(fake[c] * 2 - 1)) for c in real}
-    rho = (float("nan"), float("nan"))
-    if LAT in files.compounds(list(real)):
-        groups, means, _ = dose_response({c: real[c] for c in real if c != "DMSO"},
-                                         {c: fake[c] for c in real if c != "DMSO"},
-                                         workers=args.workers)
-        doses = groups[LAT]
-        conc = [files.parse_class(c)[1] for c in doses]
-        rho = tuple(spearman(np.array(conc), np.array([means[src, c][ACTIN] for c in doses]))
-                    for src in ("translated", "real"))
-    return spreads, rho
-
-
 def run(args):
     """The demo: translate, reconstruct, measure the dose-responses, write report.md."""
     out = files.out_folder(args.out, writes=["report.md"], overwrite=args.overwrite)
@@ -171,7 +146,11 @@ def run(args):
 
     # 3. Fig. 4: per-feature means of real and translated images at each concentration
     real = {c: (ds.images[ds.labels == i] + 1) / 2 for i, c in enumerate(classes)}
-    samples = samples_from_noise(net, real, args) if hasattr(net, "sample") else None
+    samples = None
+    if hasattr(net, "sample"):  # a generative method: its samples from noise against real images
+        fake = {c: (batched(lambda y: net.sample(y, seed=1), [torch.full((len(x),), i)], args)
+                    + 1) / 2 for i, (c, x) in enumerate(real.items())}
+        samples = sample_statistics(real, fake, ACTIN, args.workers)
     fake = {c: (y[i] + 1) / 2 for i, c in enumerate(classes)}
     groups, means, r = dose_response(real, fake, workers=args.workers)
     plots.fig4(r, groups, out / "fig4_correlations.png")
@@ -234,11 +213,12 @@ def write_report(out, ckpt_path, ckpt, args, n_inputs, n):
                       f"translated {spearman(n['conc'][LAT], fake):.2f}."]
     lines += _input_sections(args, n)
     if n["samples"]:
-        spreads, (rho, rho_real) = n["samples"]
+        spreads, trends = n["samples"]
+        rho, rho_real = trends.get(LAT, (float("nan"), float("nan")))
         lines += ["", "## Samples from noise", "",
                   f"Latrunculin B: Spearman ρ between dose and the `{ACTIN}` means of {args.n} "
                   f"samples per class: {rho:.2f} (of real images: {rho_real:.2f}). Spread: the "
-                  "mean pairwise RMS distance between images of a class ([-1, 1] units); a "
+                  "mean pairwise RMS distance between images of a class ([0, 1] units); a "
                   "collapsed generator samples a much smaller spread than the real one.", "",
                   "| class | real spread | sampled spread |", "|---|---|---|"]
         lines += [f"| {c} | {a:.3f} | {b:.3f} |" for c, (a, b) in spreads.items()]

@@ -16,6 +16,7 @@ method's internals, so PhenDiff and every baseline are measured by the same code
     python eval.py fig4 --real REAL_ROOT --fake TRANSLATED_ROOT --out runs/eval
     python eval.py ttest --real R --fake F --feature golgi_area_mean --a DMSO --b nocodazole_1uM \
         --golgi-channel 0
+    python eval.py samples --ckpt runs/stylegan --data synthetic --out runs/eval
     python eval.py bench
 """
 import argparse
@@ -196,6 +197,31 @@ def dose_response(real, fake, workers=1, **feature_kw):
     return groups, means, r
 
 
+def spread(x):
+    """Mean pairwise RMS distance between the images of a set (N, C, H, W), in their units."""
+    flat = torch.as_tensor(np.asarray(x)).flatten(1).double()
+    d = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
+    return float(d.sum() / (len(x) * (len(x) - 1)))
+
+
+def sample_statistics(real, fake, feature, workers=1):
+    """A generative method's samples from noise against real images, {class: (N, C, H, W) in
+    [0, 1]} each: ({class: (real spread, sampled spread)}, {compound: (Spearman rho between dose
+    and the feature's means of the samples, the same of real images)}). A collapsed generator
+    samples a much smaller spread; one that learned the classes follows the real trend."""
+    spreads = {c: (spread(real[c]), spread(fake[c])) for c in real}
+    try:
+        groups, means, _ = dose_response(real, fake, workers)
+    except ValueError:  # no compound with 3 doses: spreads only
+        return spreads, {}
+    trends = {}
+    for k, cs in groups.items():
+        conc = np.array([files.parse_class(c)[1] for c in cs])
+        trends[k] = tuple(spearman(conc, np.array([means[src, c][feature] for c in cs]))
+                          for src in ("translated", "real"))
+    return spreads, trends
+
+
 def _check_feature(name, names):
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
@@ -317,6 +343,35 @@ def cmd_recon(a):
     write_csv(folder / "recon_per_image.csv", ["reconstruction", "image", "l2", "mse", "psnr"],
               per_image)
     plots.image_rows({"real": x, **recs}, folder / "recon.png")
+
+
+def cmd_samples(a):
+    """Samples from noise of a generative method (a StyleGAN) against real images of --data, class
+    by class: spread (collapse) and the dose trend of a feature."""
+    folder = out(a, "samples.csv", "samples.png")
+    net, ckpt = M.load_method(a.ckpt, a.device)
+    if not hasattr(net, "sample"):
+        raise ValueError(f"{ckpt['method']} does not sample from noise; samples is for a StyleGAN")
+    ds = data.load_dataset(a.data, image_size=ckpt["config"]["image_size"], n_per_class=a.n,
+                           seed=a.seed, normalization=ckpt.get("normalization"))
+    real, fake = {}, {}
+    for c in ckpt["classes"]:
+        if c in ds.classes:
+            real[c] = (ds.images[ds.labels == ds.classes.index(c)][:a.n] + 1) / 2
+            labels = torch.full((len(real[c]),), ckpt["classes"].index(c), device=a.device)
+            with torch.no_grad():
+                fake[c] = (net.sample(labels, seed=a.seed).cpu() + 1) / 2
+    if not real:
+        raise ValueError(f"no class of {a.data} is a class of the checkpoint")
+    spreads, trends = sample_statistics(real, fake, a.feature, a.workers)
+    write_csv(folder / "samples.csv", ["class", "n", "real_spread", "sampled_spread"],
+              [[c, len(real[c]), *spreads[c]] for c in real])
+    for k, (rho, rho_real) in trends.items():
+        print(f"{k}: Spearman rho of dose and {a.feature} means: samples {rho:.2f}, "
+              f"real {rho_real:.2f}")
+    rows = list(real)[:10]
+    plots.image_grid(torch.cat([fake[c][:8] * 2 - 1 for c in rows]), len(rows),
+                     folder / "samples.png")
 
 
 def cmd_fig4(a):
@@ -444,6 +499,15 @@ def get_parser():
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", type=files.device, default=dev)
     s.set_defaults(run=cmd_recon)
+    s = sub.add_parser("samples", parents=[common], help="a StyleGAN's samples vs real images")
+    s.add_argument("--ckpt", required=True, help="a checkpoint of a method that samples (stylegan)")
+    s.add_argument("--data", default="synthetic", help="the real images, any --data source")
+    s.add_argument("--n", type=files.integer(2), default=48, help="images per class (%(default)s)")
+    s.add_argument("--feature", default="cells_actin_mean", help="feature whose dose trend to test")
+    s.add_argument("--workers", type=files.integer(1), default=1)
+    s.add_argument("--seed", type=int, default=1, help="of the real images and the samples")
+    s.add_argument("--device", type=files.device, default=dev)
+    s.set_defaults(run=cmd_samples)
     sub.add_parser("fig4", parents=[feats], help="Fig. 4: feature correlations across doses"
                    ).set_defaults(run=cmd_fig4)
     s = sub.add_parser("ttest", parents=[feats], help="Fig. 2b: Welch t-test on one feature")

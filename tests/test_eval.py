@@ -214,3 +214,17 @@ def test_spearman_is_scipys_on_the_finite_pairs_and_nan_when_undefined():
     assert E.spearman(np.arange(8.0), -np.exp(np.arange(8.0))) == pytest.approx(-1.0)
     assert math.isnan(E.spearman(np.arange(8.0), np.ones(8)))  # constant: undefined
     assert math.isnan(E.spearman(np.arange(2.0), np.arange(2.0)))  # fewer than 3 pairs
+
+
+def test_sample_statistics_see_a_collapse_and_the_dose_trend(folders):
+    real_root, _, classes = folders
+    real = E.read_classes(real_root)
+    spreads, trends = E.sample_statistics(real, real, "cells_actin_mean")
+    assert all(a == b > 0 for a, b in spreads.values())  # the real images as "samples"
+    assert trends["latrunculin_b"][0] == trends["latrunculin_b"][1]
+    collapsed = {c: np.repeat(x[:1], len(x), 0) for c, x in real.items()}
+    spreads, _ = E.sample_statistics(real, collapsed, "cells_actin_mean")
+    assert all(b == 0 < a for a, b in spreads.values())
+    x = torch.rand(5, 3, 4, 4)
+    d = torch.cdist(x.flatten(1), x.flatten(1)) / math.sqrt(48)
+    assert E.spread(x) == pytest.approx(float(d.sum() / 20), rel=1e-6)
