@@ -8,6 +8,8 @@ method's internals, so PhenDiff and every baseline are measured by the same code
   Table 2    reconstruction error of real images: L2, MSE, PSNR, file by file
   features   CellProfiler-style per-image features (features.py); Fig. 4 correlations across doses
              and Fig. 2b's t-test are built on them
+  represent  DSAE's representation quality: 1-NN and linear-probe F1 of encoders' features
+             against floors (representation.py)
 
     python eval.py fid DIR1 DIR2 --inception-weights pt_inception-2015-12-05-6726825d.pth
     python eval.py table1 --real REAL_ROOT --fake TRANSLATED_ROOT --out runs/eval
@@ -17,6 +19,7 @@ method's internals, so PhenDiff and every baseline are measured by the same code
     python eval.py ttest --real R --fake F --feature golgi_area_mean --a DMSO --b nocodazole_1uM \
         --golgi-channel 0
     python eval.py samples --ckpt runs/stylegan --data synthetic --out runs/eval
+    python eval.py represent --ckpt runs/dino --data synthetic --out runs/eval
     python eval.py bench
 """
 import argparse
@@ -36,6 +39,7 @@ import data
 import files
 import method as M
 import plots
+import representation as R
 from features import FEATURES, cell_features, feature_table, finite_mean  # noqa: F401 (eval.X)
 from inception import WEIGHTS_ENV, WEIGHTS_FILE, InceptionV3, load_inception  # noqa: F401
 
@@ -152,7 +156,8 @@ def load_variants(path, device, ddim_steps, fixed_point_iters, projection=None,
                           f"exact ({fixed_point_iters} fixed-point iters)":
                               build(fixed_point_iters)}
     options = dict(projection=projection, projection_steps=projection_steps)
-    net, ckpt = M.load_method(path, device, **{k: v for k, v in options.items() if v is not None})
+    options = {k: v for k, v in options.items() if v is not None}
+    net, ckpt = M.load_translator(path, device, **options)
     return ckpt, {"translate to the own class": net}
 
 # -----------------------------------------------------------------------------
@@ -420,6 +425,55 @@ def cmd_ttest(a):
                 folder / "ttest.png")
 
 
+def cmd_represent(a):
+    """DSAE's representation quality: 1-NN and linear-probe F1 of encoders' features against the
+    floors (channel statistics, pixels, random weights), a table and a PCA map."""
+    loaded = [M.load_method(p, a.device) for p in a.ckpt]
+    pngs = {i: f"interpolation_{i + 1}_{ckpt['method']}.png"
+            for i, (net, ckpt) in enumerate(loaded) if hasattr(net, "decode")}
+    folder = out(a, "representation.md", "representation.csv", "map.png", *pngs.values())
+    size = {ckpt["config"]["image_size"] for _, ckpt in loaded}
+    if len(size) > 1:
+        raise ValueError(f"the checkpoints take different image sizes ({sorted(size)}); compare "
+                         "encoders of one size")
+    ds = data.load_dataset(a.data, image_size=size.pop(), n_per_class=a.n_per_class, seed=a.seed,
+                           compounds=a.compounds, normalization=loaded[0][1].get("normalization"))
+    encoders = {}
+    for p, (net, ckpt) in zip(a.ckpt, loaded):
+        if ckpt["config"].get("in_channels", ds.images.shape[1]) != ds.images.shape[1]:
+            raise ValueError(f"{p} takes {ckpt['config']['in_channels']}-channel images, "
+                             f"{a.data} has {ds.images.shape[1]} channels")
+        with torch.no_grad():
+            net.encode(ds.images[:1].to(a.device))  # no encoder: one line before any work
+        encoders[f"{ckpt['method']} ({p})"] = net.encode
+        encoders[f"{ckpt['method']} random weights"] = R.random_weights(ckpt, a.device).encode
+    is_synthetic = ds.truth is not None
+    block = a.block or (1 if is_synthetic else 4)
+    rows, maps = R.represent(ds, encoders, a.control, a.every, block,
+                             R.SYNTHETIC_EC50 if is_synthetic else None, a.batch_size, a.device)
+    for r in rows:
+        print(f"{r['features']:40s} {r['task']:9s} 1-NN F1 {r['knn_f1']:.3f}  linear F1 "
+              f"{r['linear_f1']:.3f}  (chance {r['chance']:.3f})")
+    about = [f"Data: {a.data}, {len(ds)} images of {len(ds.classes)} classes; held out: the first "
+             f"of every {a.every} blocks of {block} image(s) of each class. Checkpoints: "
+             f"{', '.join(a.ckpt)}."]
+    if is_synthetic:
+        about.append("Compounds: doses at or below the compound's EC50 (synthetic.COMPOUNDS) are "
+                     "left out.")
+    text = R.report(rows, about)
+    for i, name in pngs.items():  # DSAE, the autoencoders: decoded paths between phenotypes
+        net = loaded[i][0]
+        f = R.encode_all(net.encode, ds.images, a.batch_size, a.device)
+        paths, strips = R.interpolation(net.decode, f, ds, a.control, batch_size=a.batch_size,
+                                        device=a.device)
+        plots.image_grid(torch.cat(list(strips.values())), 4 * len(strips), folder / name)
+        text += R.interpolation_report(paths, f"{name}, {a.ckpt[i]}", a.control)
+    (folder / "representation.md").write_text(text)
+    write_csv(folder / "representation.csv", R.COLUMNS, [[r[k] for k in R.COLUMNS] for r in rows])
+    plots.feature_map(maps, ds.labels, ds.classes, folder / "map.png",
+                      "PCA of features normalised to the control")
+
+
 def cmd_bench(a):
     """Throughput of Inception features (random weights: the speed does not depend on them) and
     of cell_features, and the features' accuracy against the synthetic ground truth."""
@@ -516,6 +570,23 @@ def get_parser():
     s.add_argument("--a", required=True, help="first condition (class name)")
     s.add_argument("--b", required=True, help="second condition (class name)")
     s.set_defaults(run=cmd_ttest)
+    s = sub.add_parser("represent", parents=[common],
+                       help="DSAE: 1-NN / linear F1 of encoders' features against floors")
+    s.add_argument("--ckpt", nargs="+", required=True, help="checkpoints of methods with encode")
+    s.add_argument("--data", default="synthetic", help="any --data source")
+    s.add_argument("--n-per-class", type=files.integer(2), default=40,
+                   help="synthetic images per class (%(default)s)")
+    s.add_argument("--compounds", nargs="+", help="keep DMSO and these compounds (default: all)")
+    s.add_argument("--control", default="DMSO", help="the untreated class (%(default)s)")
+    s.add_argument("--every", type=files.integer(2), default=5,
+                   help="hold out every N-th block of images of each class (%(default)s)")
+    s.add_argument("--block", type=files.integer(1),
+                   help="images held out together (one site's crops): 1 for synthetic data, "
+                        "else 4")
+    s.add_argument("--batch-size", type=files.integer(1), default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", type=files.device, default=dev)
+    s.set_defaults(run=cmd_represent)
     s = sub.add_parser("bench", help="feature extraction throughput and accuracy")
     s.add_argument("--batch-size", type=files.integer(1), default=16)
     s.add_argument("--batches", type=files.integer(1), default=4)

@@ -9,7 +9,11 @@ A method (PhenDiff in phendiff.py, the baselines in baselines/) is a small class
                                          fields made with `arg` are train.py flags
     OPTIONS                              inference choices with their defaults (e.g. DDIM steps)
     LOG                                  the names train_step may return, for the log's columns
+    TRANSLATES                           False for a part of another method (DINO's encoder,
+                                         GANformer's decoder): trained, but translates nothing
     __init__(config, device, **options)
+    start(dataset)                            a new run's first look at its training data (DSAE:
+                                              load its trained parts, class means of features)
     train_step(batch, step) -> {str: float}   one optimisation step on batch = (x, y); the method
                                               owns its optimizers, learning-rate schedule and EMA
     translate(x, y_source, y_target) -> x'    the image of x under another class; x in [-1, 1]
@@ -40,7 +44,10 @@ CHECKPOINT_VERSION = 2
 METHODS = {"phendiff": ("phendiff", "PhenDiff"),
            "cyclegan": ("baselines.cyclegan", "CycleGAN"),
            "stargan": ("baselines.stargan", "StarGAN"),
-           "stylegan": ("baselines.stylegan", "StyleGAN")}
+           "stylegan": ("baselines.stylegan", "StyleGAN"),
+           "dino": ("baselines.dino", "DINO"),
+           "ganformer": ("baselines.ganformer", "GANformer"),
+           "dsae": ("baselines.dsae", "DSAE")}
 
 
 def method_class(name):
@@ -62,6 +69,10 @@ class Method:
     OPTIONS = {}
     EVAL_OPTIONS = {}  # faster options for train.py's evaluation grids
     TWO_CLASSES = False  # True: a model per class pair (CycleGAN); train.py runs one per --pairs
+    TRANSLATES = True  # False: an encoder (DINO) or a decoder (GANformer), parts of another method
+
+    def start(self, dataset):
+        pass
 
     def translate_many(self, x, y_source, targets):
         return torch.stack([self.translate(x, y_source, t) for t in targets])
@@ -153,9 +164,11 @@ def average_gradients(params):
 
 
 def count_parameters(method):
-    """Trained parameters of a method: its networks, without EMA copies, each counted once."""
-    params = {id(p): p for name, m in vars(method).items() if isinstance(m, torch.nn.Module)
-              and "ema" not in name for p in m.parameters()}
+    """Trained parameters of a method, each counted once: those that take gradients, so not the
+    EMA copies, DINO's teacher or DSAE's frozen encoder (between steps, when no net is frozen for
+    another's update)."""
+    params = {id(p): p for m in vars(method).values() if isinstance(m, torch.nn.Module)
+              for p in m.parameters() if p.requires_grad}
     return sum(p.numel() for p in params.values())
 
 
@@ -281,6 +294,16 @@ def load_method(path, device="cpu", **options):
         return cls.combine(loaded)
     ckpt = load_checkpoint(checkpoint_path(path))
     return build(ckpt, device, **options), ckpt
+
+
+def load_translator(path, device="cpu", **options):
+    """load_method for the commands that translate: an encoder or a decoder alone is refused."""
+    method, ckpt = load_method(path, device, **options)
+    if not method.TRANSLATES:
+        raise ValueError(f"{path} is a {method.name} checkpoint, which does not translate by "
+                         f"itself ({method.describe()}); use the checkpoint of a method that "
+                         "does (e.g. dsae, which joins an encoder and a decoder)")
+    return method, ckpt
 
 
 def rng_state():

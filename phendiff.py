@@ -253,7 +253,7 @@ def method_options(args):
 
 def cmd_translate(args):
     image_files = files.list_images(args.input)
-    net, ckpt = M.load_method(args.ckpt, args.device, **method_options(args))
+    net, ckpt = M.load_translator(args.ckpt, args.device, **method_options(args))
     classes = ckpt["classes"]
     source = class_index(classes, args.source)
     names = expand_targets(args.target or [args.source], classes)  # reconstruct: own class

@@ -3,6 +3,7 @@ state) or, for plain image grids, files.save_png. Images come in the model's [-1
 with files.to_uint8, so every figure uses one channel rule (grey, or RGB = actin, tubulin, DNA)."""
 import math
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -154,4 +155,40 @@ def boxes(groups, ylabel, title, path):
     ax.set_xticks(range(1, len(groups) + 1), [n for n, _ in groups], fontsize=7)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=8)
+    return _save(fig, path, dpi=100)
+
+
+def feature_map(maps, labels, classes, path, title=""):
+    """The DSAE paper's Fig. 3: one 2-D map per feature set ({name: (N, 2)}), each point an image
+    coloured by its class: untreated (DMSO) in red, each compound over its doses in one sequential
+    colour map (blues, greens, purples, oranges; darker = higher dose), any other class in grey."""
+    groups = files.compounds(classes)
+    cmaps = iter(["Blues", "Greens", "Purples", "Oranges"])
+    colour, legend = {}, []
+    for k, members in groups.items():
+        if k == "DMSO":
+            colour.update({c: (0.85, 0.1, 0.1, 1.0) for c in members})
+            legend.append((k, colour[members[0]]))
+            continue
+        cmap = matplotlib.colormaps[next(cmaps, "Greys")]
+        for i, c in enumerate(members):
+            colour[c] = cmap(0.35 + 0.65 * i / max(1, len(members) - 1))
+        legend.append((f"{k} ({len(members)} doses)", colour[members[-1]]))
+    untreated = np.array([files.parse_class(classes[y])[0] == "DMSO" for y in np.asarray(labels)])
+    order = np.argsort(untreated, kind="stable")  # untreated drawn last, on top
+    colours = [colour[classes[y]] for y in np.asarray(labels)[order]]
+    fig = Figure(figsize=(3.6 * len(maps), 3.6))
+    for ax, (name, xy) in zip(np.atleast_1d(fig.subplots(1, len(maps))), maps.items()):
+        xy = np.asarray(xy)[order]
+        ax.scatter(xy[:, 0], xy[:, 1], s=np.where(untreated[order], 12, 5), c=colours,
+                   linewidths=0)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("PC 1", fontsize=7)
+        ax.set_ylabel("PC 2", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for k, c in legend:
+        ax.scatter([], [], s=12, color=c, label=k)
+    ax.legend(fontsize=6, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path, dpi=100)

@@ -252,6 +252,7 @@ def build_method(cls, args, ds, ckpt, device):
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     method = cls(config, device, **options)
     if ckpt is None:
+        method.start(ds)
         return method, 0
     try:
         method.load_state_dict(ckpt["state"])
@@ -276,13 +277,16 @@ def evaluation_set(ds, device):
 @torch.no_grad()
 def evaluate(method, x, y, targets, path):
     """The fixed images, their reconstructions and their translations as one grid (a row each);
-    returns the mean reconstruction PSNR (dB, images in [0, 1])."""
-    moved = method.translate_many(x, y, [y, *targets])  # PhenDiff: one inversion for all rows
-    plots.image_grid(torch.cat([x, *moved]), len(targets) + 2, path)
+    returns the mean reconstruction PSNR (dB, images in [0, 1]), None for a method that does not
+    translate (an encoder, a decoder)."""
     if hasattr(method, "sample"):  # a GAN that samples: what it learned, a row per class
         labels = torch.tensor(targets, device=x.device).repeat_interleave(len(x))
         plots.image_grid(method.sample(labels), len(targets),
                          path.with_name(path.name.replace("samples_", "classes_")))
+    if not method.TRANSLATES:
+        return None
+    moved = method.translate_many(x, y, [y, *targets])  # PhenDiff: one inversion for all rows
+    plots.image_grid(torch.cat([x, *moved]), len(targets) + 2, path)
     return float(reconstruction_error(x, moved[0])["psnr"].mean())
 
 
@@ -412,12 +416,15 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
             psnr = None  # a signal skips the evaluation: checkpoint first, within the grace period
             if master:
                 log.add(values)
-                if args.sample_every and not stopping and (step % args.sample_every == 0 or final):
+                evaluating = (args.sample_every and not stopping
+                              and (step % args.sample_every == 0 or final))
+                if evaluating:
                     psnr = evaluate(method, eval_x, eval_y, eval_targets,
                                     folder / f"samples_{step:07d}.png")
-                    tqdm.write(f"step {step}: reconstruction PSNR {psnr:.2f} dB "
-                               "(fixed training images)")
-                if step % args.log_every == 0 or final or psnr is not None:
+                    if psnr is not None:
+                        tqdm.write(f"step {step}: reconstruction PSNR {psnr:.2f} dB "
+                                   "(fixed training images)")
+                if step % args.log_every == 0 or final or evaluating:
                     n = len(log.pending) * args.batch_size * world
                     row = log.write(step, n / interval, psnr)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
@@ -426,7 +433,7 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
             if step % args.ckpt_every == 0 or final:
                 if master:
                     save(folder, method, ds, step, args)
-                    if psnr is not None or final:
+                    if evaluating or final:
                         log.plot()
                 if world > 1:
                     dist.barrier()

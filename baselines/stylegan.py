@@ -1,5 +1,6 @@
 """A small class-conditional StyleGAN2 (Karras et al. 2020, conditioned as in StyleGAN2-ADA), the
-generator of the PhenEx baselines (phenex.py projects real images into its W or W+ space).
+generator of the PhenEx baselines (phenex.py projects real images into its W or W+ space), and with
+attention added by a subclass the GANformer decoder of the DSAE (ganformer.py).
 
 Mapping: z and the class embedding, each normalised, through FC layers with equalised learning rate
 (lr x 0.01) to w. Synthesis: a constant 4x4 input, per resolution two modulated/demodulated 3x3
@@ -194,17 +195,24 @@ class Synthesis(nn.Module):
             self.to_rgb.append(ToRGB(c.channels(res), c.in_channels, c.z_dim))
         self.num_ws = len(self.layers) + 1
 
-    def forward(self, ws, noise=None):
+    def forward(self, ws, noise=None, state=None):
         x = self.const[None].expand(len(ws), -1, -1, -1)
         x = self.layers[0](x, ws[:, 0], None if noise is None else noise[0])
+        x, state = self.after_layer(0, x, state)
         img = self.to_rgb[0](x, ws[:, 1])
         for b in range(1, len(self.to_rgb)):  # two layers per resolution after 4x4
             i = 2 * b - 1
             for j in (i, i + 1):
                 x = self.layers[j](x, ws[:, j], None if noise is None else noise[j])
+                x, state = self.after_layer(j, x, state)
             up = F.interpolate(img, scale_factor=2.0, mode="bilinear", align_corners=False)
             img = up + self.to_rgb[b](x, ws[:, i + 2])
         return img
+
+    def after_layer(self, j, x, state):
+        """A subclass's hook on the features x of layer j, with a state carried from layer to
+        layer (GANformer: attention to its latent components); here nothing."""
+        return x, state
 
 
 class Generator(nn.Module):
@@ -300,27 +308,98 @@ def augment(x, p, generator=None):
 # the method
 
 
-class StyleGAN(M.Method):
+class StyleGAN2(M.Method):
+    """A StyleGAN2 generator G trained against a residual discriminator D: non-saturating loss,
+    lazy R1, an EMA of G, augmentation of what D sees, gradients averaged over torchrun processes.
+    The conditional StyleGAN below and the unconditional GANformer (ganformer.py) bring their own
+    G and D, and latents(y): what G.synthesis takes for fakes of labels y; neither inherits the
+    other's use of the generator (PhenEx translation is StyleGAN's alone)."""
+    LOG = ("g_adv", "d_adv", "r1", "lr")
+    R1_EVERY = 16  # lazy regularisation
+    NETS = ("G", "D", "G_ema")
+
+    def __init__(self, config, G, D, device, options):
+        self.config, self.options = config, self.check_options(options)
+        self.G, self.D = G.to(device), D.to(device)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        ratio = self.R1_EVERY / (self.R1_EVERY + 1)  # lazy R1: D's Adam as if every step (ADA)
+        self.optimizer_g = torch.optim.Adam(self.G.parameters(), config.lr, (0.0, 0.99))
+        self.optimizer_d = torch.optim.Adam(self.D.parameters(), config.lr * ratio,
+                                            (0.0, 0.99 ** ratio))
+
+    def train_step(self, batch, step):
+        """A generator step, then a discriminator step (with R1 every R1_EVERY-th step); the
+        fakes are conditioned on the batch's labels (GANformer's on one class)."""
+        c, (x, y) = self.config, batch
+        self.G.train(), self.D.train()
+        g_adv = self.adversarial(self.G.synthesis(self.latents(y)), y)
+        self.optimizer_g.zero_grad(set_to_none=True)
+        g_adv.backward()
+        M.average_gradients(self.G.parameters())
+        self.optimizer_g.step()
+        M.update_ema(self.G_ema, self.G, M.ema_decay(step, c.ema_decay))
+        with torch.no_grad():
+            fake = self.G.synthesis(self.latents(y))
+        d_adv, r1 = self.discriminator_step(x, y, fake, step)
+        values = torch.stack([g_adv, d_adv, r1]).detach().tolist()
+        return {**dict(zip(self.LOG, values)), "lr": c.lr}
+
+    def adversarial(self, fake, y):
+        """G's non-saturating loss on fakes of labels y; D is frozen for it."""
+        self.D.requires_grad_(False)
+        return adversarial_loss("ns", self.D(augment(fake, self.config.augment), y), True)
+
+    def discriminator_step(self, x, y, fake, step):
+        """One step of D on real x against fakes, with lazy R1; returns (its loss, R1)."""
+        c = self.config
+        self.D.requires_grad_(True)
+        real = x.detach().requires_grad_(step % self.R1_EVERY == 0)
+        real_score = self.D(augment(real, c.augment), y)
+        d_adv = (adversarial_loss("ns", self.D(augment(fake.detach(), c.augment), y), False)
+                 + adversarial_loss("ns", real_score, True))
+        r1 = torch.zeros((), device=x.device)
+        if real.requires_grad:  # R1: the squared gradient norm of D on real images
+            grad, = torch.autograd.grad(real_score.sum(), real, create_graph=True)
+            r1 = grad.square().sum((1, 2, 3)).mean()
+        self.optimizer_d.zero_grad(set_to_none=True)
+        (d_adv + r1 * c.r1_gamma / 2 * self.R1_EVERY).backward()
+        M.average_gradients(self.D.parameters())
+        self.optimizer_d.step()
+        return d_adv, r1
+
+    def generator(self):
+        return self.G_ema if self.options["ema"] else self.G.eval()
+
+    def state_dict(self):
+        return {**{n: getattr(self, n).state_dict() for n in self.NETS},
+                "optimizer_g": self.optimizer_g.state_dict(),
+                "optimizer_d": self.optimizer_d.state_dict()}
+
+    def load_state_dict(self, state):
+        for n in self.NETS:
+            getattr(self, n).load_state_dict(state[n])
+        for n in ("optimizer_g", "optimizer_d"):
+            if n in state:
+                getattr(self, n).load_state_dict(state[n])
+
+
+class StyleGAN(StyleGAN2):
     """The conditional StyleGAN2 as a method: translation and reconstruction by PhenEx projection
     (phenex.py) into W or W+ (option `projection`), then the class-mean shift."""
     name = "stylegan"
     Config = StyleGANConfig
     OPTIONS = {"projection": "w", "projection_steps": 1000, "w_avg_samples": 10000, "ema": True}
     EVAL_OPTIONS = {"projection_steps": 100, "w_avg_samples": 1000}  # train.py's grids: quick
-    LOG = ("g_adv", "d_adv", "r1", "lr")
-    R1_EVERY = 16  # lazy regularisation
 
     def __init__(self, config, device="cpu", **options):
-        self.config, self.options = config, self.check_options(options)
-        if self.options["projection"] not in ("w", "w+"):
-            raise ValueError(f"--projection {self.options['projection']!r}: choose w or w+")
-        self.G, self.D = Generator(config).to(device), Discriminator(config).to(device)
-        self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
-        ratio = self.R1_EVERY / (self.R1_EVERY + 1)  # lazy R1: D's Adam as if every step (ADA)
-        self.optimizer_g = torch.optim.Adam(self.G.parameters(), config.lr, (0.0, 0.99))
-        self.optimizer_d = torch.optim.Adam(self.D.parameters(), config.lr * ratio,
-                                            (0.0, 0.99 ** ratio))
+        super().__init__(config, Generator(config), Discriminator(config), device, options)
         self.means = None  # class-mean w's, computed when first needed
+
+    def check_options(self, options):
+        options = super().check_options(options)
+        if options["projection"] not in ("w", "w+"):
+            raise ValueError(f"--projection {options['projection']!r}: choose w or w+")
+        return options
 
     def latents(self, y):
         """w for labels y, with style mixing: from a random layer on, the w of another z."""
@@ -332,46 +411,14 @@ class StyleGAN(M.Method):
         return ws
 
     def train_step(self, batch, step):
-        """A generator step, then a discriminator step (with R1 every R1_EVERY-th step); the
-        fakes are conditioned on the batch's labels."""
-        c, (x, y) = self.config, batch
-        self.G.train(), self.D.train()
-        self.D.requires_grad_(False)
-        g_adv = adversarial_loss("ns", self.D(augment(self.G.synthesis(self.latents(y)), c.augment),
-                                              y), True)
-        self.optimizer_g.zero_grad(set_to_none=True)
-        g_adv.backward()
-        M.average_gradients(self.G.parameters())
-        self.optimizer_g.step()
-        M.update_ema(self.G_ema, self.G, M.ema_decay(step, c.ema_decay))
         self.means = None  # the class means of the EMA mapping move with it
-
-        self.D.requires_grad_(True)
-        with torch.no_grad():
-            fake = self.G.synthesis(self.latents(y))
-        real = x.detach().requires_grad_(step % self.R1_EVERY == 0)
-        real_score = self.D(augment(real, c.augment), y)
-        d_adv = (adversarial_loss("ns", self.D(augment(fake, c.augment), y), False)
-                 + adversarial_loss("ns", real_score, True))
-        r1 = torch.zeros((), device=x.device)
-        if real.requires_grad:  # R1: the squared gradient norm of D on real images
-            grad, = torch.autograd.grad(real_score.sum(), real, create_graph=True)
-            r1 = grad.square().sum((1, 2, 3)).mean()
-        self.optimizer_d.zero_grad(set_to_none=True)
-        (d_adv + r1 * c.r1_gamma / 2 * self.R1_EVERY).backward()
-        M.average_gradients(self.D.parameters())
-        self.optimizer_d.step()
-        values = torch.stack([g_adv, d_adv, r1]).detach().tolist()
-        return {**dict(zip(self.LOG, values)), "lr": c.lr}
+        return super().train_step(batch, step)
 
     def describe(self):
         o = self.options
         return (f"projected into {o['projection'].upper()} ({o['projection_steps']} steps, "
                 f"perceptual term: {phenex.PERCEPTUAL}) and moved by the class-mean difference of "
                 "w to every class")
-
-    def generator(self):
-        return self.G_ema if self.options["ema"] else self.G.eval()
 
     @torch.no_grad()
     def sample(self, y, seed=0, psi=1.0):
@@ -405,17 +452,6 @@ class StyleGAN(M.Method):
     def translate(self, x, y_source, y_target):
         return self.translate_many(x, y_source, [y_target])[0]
 
-    NETS = ("G", "D", "G_ema")
-
-    def state_dict(self):
-        return {**{n: getattr(self, n).state_dict() for n in self.NETS},
-                "optimizer_g": self.optimizer_g.state_dict(),
-                "optimizer_d": self.optimizer_d.state_dict()}
-
     def load_state_dict(self, state):
         self.means = None
-        for n in self.NETS:
-            getattr(self, n).load_state_dict(state[n])
-        for n in ("optimizer_g", "optimizer_d"):
-            if n in state:
-                getattr(self, n).load_state_dict(state[n])
+        super().load_state_dict(state)

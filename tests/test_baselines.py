@@ -186,10 +186,14 @@ def test_every_method_round_trips_through_translate(tmp_path):
     inp = write_images(tmp_path / "in", n=3, size=16)
     quick = {"phendiff": (["--ddim-steps", "3"], dict(ddim_steps=3)),
              "stylegan": (["--projection-steps", "3"], dict(projection_steps=3))}
-    for name in ("phendiff", "stargan", "cyclegan", "stylegan"):
+    for part in ("dino", "ganformer"):  # the DSAE's encoder and decoder, trained apart
+        train.main(DATA + ["--method", part, "--steps", "2", "--out", str(tmp_path / part)])
+    parts = ["--encoder", str(tmp_path / "dino"), "--decoder", str(tmp_path / "ganformer")]
+    for name in ("phendiff", "stargan", "cyclegan", "stylegan", "dsae"):
         flags, options = quick.get(name, ([], {}))
         run = tmp_path / name
-        train.main(DATA + ["--method", name, "--steps", "2", "--pairs", PAIRS, "--out", str(run)])
+        train.main(DATA + ["--method", name, "--steps", "2", "--pairs", PAIRS, "--out", str(run)]
+                   + (parts if name == "dsae" else []))
         out = tmp_path / f"t_{name}"
         # run/last.pt: also for CycleGAN, whose pair runs are run/<A>__<B>/last.pt
         phendiff.main(["translate", "--ckpt", str(run / "last.pt"), "--input", str(inp),

@@ -80,7 +80,10 @@ FLOORS = {
     "baselines.gan": {"method"}, "baselines.stargan": {"method", "baselines.gan"},
     "baselines.cyclegan": {"files", "method", "baselines.gan"},
     "baselines.stylegan": {"method", "baselines", "baselines.gan"}, "baselines.phenex": set(),
-    "eval": {"data", "features", "files", "inception", "method", "plots"},
+    "baselines.encoders": {"baselines.stylegan"}, "baselines.dino": {"method", "baselines"},
+    "baselines.ganformer": {"method", "baselines"}, "baselines.dsae": {"method", "baselines"},
+    "representation": {"features", "files", "method", "synthetic"},
+    "eval": {"data", "features", "files", "inception", "method", "plots", "representation"},
     "demo": {"data", "eval", "files", "plots"},
     "train": {"data", "eval", "files", "method", "plots"},
 }
