@@ -145,18 +145,29 @@ def update_ema(ema, model, decay):
         b_ema.copy_(b)
 
 
+def world_size():
+    """Processes of the torchrun job (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def mean_over_processes(t):
+    """t averaged in place over the processes of a torchrun job (nothing on one process)."""
+    if world_size() > 1:
+        dist.all_reduce(t)
+        t /= world_size()
+    return t
+
+
 def average_gradients(params):
     """Mean of the gradients over the processes of a torchrun job (nothing on one process).
 
     GANs average by hand, as StyleGAN2-ADA does, rather than through DDP: their steps run D on real
     and fake images, differentiate through D for a gradient penalty and alternate optimizers, none
     of which fits DDP's one forward + one backward per step."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
+    flat = mean_over_processes(torch.cat([g.flatten() for g in grads]))
     offset = 0
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))

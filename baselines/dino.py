@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -235,18 +234,6 @@ def warmup_cosine(step, steps, warmup, peak, end):
         return peak * step / warmup
     return cosine(step - warmup, steps - warmup, peak, end)
 
-
-def mean_over_processes(t):
-    """t averaged in place over the processes of a torchrun job (nothing on one process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return t
-
-
-def world_size():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
 # -----------------------------------------------------------------------------
 # the method
 
@@ -294,7 +281,7 @@ class DINO(M.Method):
     def train_step(self, batch, step):
         c, x = self.config, batch[0]
         B = len(x)
-        lr, wd, m, temp = self.schedules(step, B * world_size())
+        lr, wd, m, temp = self.schedules(step, B * M.world_size())
         self.optimizer.param_groups[0].update(lr=lr, weight_decay=wd)
         self.optimizer.param_groups[1].update(lr=lr)
         self.student.train(), self.teacher.train()  # the teacher's BatchNorm: its batch statistics
@@ -317,7 +304,7 @@ class DINO(M.Method):
         with torch.no_grad():
             torch._foreach_lerp_(list(self.teacher.parameters()), list(self.student.parameters()),
                                  1 - m)  # teacher <- m teacher + (1 - m) student
-            batch_center = mean_over_processes(t_logits.mean(0))
+            batch_center = M.mean_over_processes(t_logits.mean(0))
             self.center.lerp_(batch_center, 1 - c.center_momentum)
             entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean() / math.log(c.out_dim)
             # spread of the student's unit-length features: 0 when they collapse to one point;
