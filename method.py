@@ -14,6 +14,9 @@ A method (PhenDiff in phendiff.py, the baselines in baselines/) is a small class
     __init__(config, device, **options)
     start(dataset)                            a new run's first look at its training data (DSAE:
                                               load its trained parts, class means of features)
+    refresh(dataset)                          before each evaluation and checkpoint: statistics of
+                                              the nets as they are now that translation needs
+                                              (the autoencoders' class means of their codes)
     train_step(batch, step) -> {str: float}   one optimisation step on batch = (x, y); the method
                                               owns its optimizers, learning-rate schedule and EMA
     translate(x, y_source, y_target) -> x'    the image of x under another class; x in [-1, 1]
@@ -47,7 +50,11 @@ METHODS = {"phendiff": ("phendiff", "PhenDiff"),
            "stylegan": ("baselines.stylegan", "StyleGAN"),
            "dino": ("baselines.dino", "DINO"),
            "ganformer": ("baselines.ganformer", "GANformer"),
-           "dsae": ("baselines.dsae", "DSAE")}
+           "dsae": ("baselines.dsae", "DSAE"),
+           "vae": ("baselines.autoencoders", "VAE"),
+           "bigan": ("baselines.autoencoders", "BiGAN"),
+           "alae": ("baselines.alae", "ALAE"),
+           "dcvae": ("baselines.autoencoders", "DCVAE")}
 
 
 def method_class(name):
@@ -72,6 +79,9 @@ class Method:
     TRANSLATES = True  # False: an encoder (DINO) or a decoder (GANformer), parts of another method
 
     def start(self, dataset):
+        pass
+
+    def refresh(self, dataset):
         pass
 
     def translate_many(self, x, y_source, targets):

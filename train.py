@@ -418,6 +418,8 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
                 log.add(values)
                 evaluating = (args.sample_every and not stopping
                               and (step % args.sample_every == 0 or final))
+                if evaluating or step % args.ckpt_every == 0 or final:
+                    method.refresh(ds)  # e.g. the autoencoders' class means of their codes now
                 if evaluating:
                     psnr = evaluate(method, eval_x, eval_y, eval_targets,
                                     folder / f"samples_{step:07d}.png")

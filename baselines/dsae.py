@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import method as M
 from baselines import dino, encoders, ganformer, stylegan
+from baselines.autoencoders import LatentShift
 
 
 @dataclass
@@ -106,15 +107,9 @@ def ridge_fit(f, z, ridge=1e-3):
     return solution[:-1].T.to(f.dtype), solution[-1].to(f.dtype)
 
 
-def fixed_noise(G, batch, device, seed=0):
-    """One noise map per style layer, the same for every image and every call."""
-    g = torch.Generator().manual_seed(seed)
-    maps = [torch.randn(1, 1, layer.res, layer.res, generator=g) for layer in G.synthesis.layers]
-    return [m.to(device).expand(batch, -1, -1, -1) for m in maps]
-
-
-class DSAE(stylegan.StyleGAN2):
-    """E (frozen), tau, and the decoder's G (+ EMA) and D, fine-tuned with L_Fcc."""
+class DSAE(LatentShift, stylegan.StyleGAN2):
+    """E (frozen), tau, and the decoder's G (+ EMA) and D, fine-tuned with L_Fcc; translation by
+    the class-mean shift of E's features (LatentShift, shared with the autoencoders)."""
     name = "dsae"
     Config = DSAEConfig
     OPTIONS = {"ema": True}
@@ -145,7 +140,7 @@ class DSAE(stylegan.StyleGAN2):
         self.G_ema.load_state_dict(decoder["G_ema"])
         self.D.load_state_dict(decoder["D"])
         self.fit_tau()
-        self.means.copy_(self.class_means(dataset.images, dataset.labels))
+        self.refresh(dataset)
 
     @torch.no_grad()
     def fit_tau(self, batch=256):
@@ -154,22 +149,11 @@ class DSAE(stylegan.StyleGAN2):
         G, n, device = self.G_ema, self.config.tau_samples, self.means.device
         g = torch.Generator().manual_seed(0)
         z = torch.randn(n, self.tau.out_features, generator=g).to(device)
-        f = torch.cat([self.E(G(z[i:i + batch], fixed_noise(G, len(z[i:i + batch]), device)))
-                       for i in range(0, n, batch)])
+        f = torch.cat([self.E(G(zb, stylegan.fixed_noise(G.synthesis, len(zb), device)))
+                       for zb in z.split(batch)])
         weight, bias = ridge_fit(f, z)
         self.tau.weight.copy_(weight)
         self.tau.bias.copy_(bias)
-
-    @torch.no_grad()
-    def class_means(self, images, labels, batch=256):
-        features = torch.cat([self.encode(images[i:i + batch].to(self.means.device))
-                              for i in range(0, len(images), batch)])
-        labels = labels.to(features.device)
-        empty = [k for k in range(self.config.num_classes) if not (labels == k).any()]
-        if empty:
-            raise ValueError(f"classes {empty} have no training images: the class means of the "
-                             "features need every class")
-        return torch.stack([features[labels == k].mean(0) for k in range(len(self.means))])
 
     def train_step(self, batch, step):
         """tau and G on L_Fcc + adv_weight x G's adversarial loss, then D on real vs decoded."""
@@ -195,16 +179,8 @@ class DSAE(stylegan.StyleGAN2):
     @torch.no_grad()
     def decode(self, features):
         G = self.generator()
-        return G(self.tau(features), fixed_noise(G, len(features), features.device))
-
-    def translate_many(self, x, y_source, targets):
-        """Encode once, then decode E(x) + mean_E(target) - mean_E(source) for every target."""
-        f, ys = self.encode(x), M.labels(y_source, x)
-        return torch.stack([self.decode(f + (self.means[M.labels(t, x)] - self.means[ys]))
-                            for t in targets])
-
-    def translate(self, x, y_source, y_target):
-        return self.translate_many(x, y_source, [y_target])[0]
+        noise = stylegan.fixed_noise(G.synthesis, len(features), features.device)
+        return G(self.tau(features), noise)
 
     def describe(self):
         return (f"encoded by a DINO-trained {self.encoder_config.arch}, moved by the class-mean "

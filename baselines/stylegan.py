@@ -215,6 +215,14 @@ class Synthesis(nn.Module):
         return x, state
 
 
+def fixed_noise(synthesis, batch, device, seed=0):
+    """One noise map per layer of a Synthesis from a seeded generator, the same for every image
+    and every call, so that decoding (DSAE, ALAE) is a function of the latent."""
+    g = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(1, 1, layer.res, layer.res, generator=g) for layer in synthesis.layers]
+    return [m.to(device).expand(batch, -1, -1, -1) for m in maps]
+
+
 class Generator(nn.Module):
     def __init__(self, c):
         super().__init__()

@@ -159,7 +159,7 @@ train.main({argv!r})
 """
 
 
-@pytest.mark.parametrize("name", ["stargan", "cyclegan", "stylegan"])
+@pytest.mark.parametrize("name", ["stargan", "cyclegan", "stylegan", "dcvae"])
 def test_gan_resume_after_sigkill_is_bitwise_exact(tmp_path, name):
     argv = DATA + ["--method", name, "--steps", "7", "--ckpt-every", "3",
                    "--pairs", "DMSO:latrunculin_b_10uM"]
@@ -189,7 +189,8 @@ def test_every_method_round_trips_through_translate(tmp_path):
     for part in ("dino", "ganformer"):  # the DSAE's encoder and decoder, trained apart
         train.main(DATA + ["--method", part, "--steps", "2", "--out", str(tmp_path / part)])
     parts = ["--encoder", str(tmp_path / "dino"), "--decoder", str(tmp_path / "ganformer")]
-    for name in ("phendiff", "stargan", "cyclegan", "stylegan", "dsae"):
+    for name in ("phendiff", "stargan", "cyclegan", "stylegan", "dsae", "vae", "bigan", "alae",
+                 "dcvae"):
         flags, options = quick.get(name, ([], {}))
         run = tmp_path / name
         train.main(DATA + ["--method", name, "--steps", "2", "--pairs", PAIRS, "--out", str(run)]

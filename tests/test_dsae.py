@@ -6,6 +6,7 @@ import torch
 import data
 import method as M
 import train
+from baselines.autoencoders import class_means
 from baselines.dino import DINO, DINOConfig
 from baselines.dsae import DSAE, DSAEConfig, feature_cycle_loss, ridge_fit
 from baselines.ganformer import GANformer, GANformerConfig
@@ -130,6 +131,6 @@ def test_parts_that_do_not_fit_are_one_line(parts, tmp_path):
     assert "must agree" in fails(train.main, sizes)
     net = assembled(parts)
     with pytest.raises(ValueError, match="no training images"):
-        net.class_means(ds.images[:2], torch.zeros(2, dtype=torch.long))
+        class_means(net.encode, ds.images[:2], torch.zeros(2, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="does not translate"):
         M.load_translator(enc)

@@ -1,0 +1,123 @@
+"""The second paper's autoencoders (VAE, BiGAN, DC-VAE): their losses against closed forms, BiGAN's
+pairs, translation by the class-mean shift of codes, and a VAE that learns."""
+import math
+
+import pytest
+import torch
+
+import data
+import train
+from baselines.autoencoders import (VAE, BiGAN, DCVAE, class_means, info_nce, joint_scores,
+                                    kl_divergence, reparameterise)
+from tests.helpers import fails
+
+SHAPE = dict(image_size=16, in_channels=3, num_classes=3, steps=4)
+
+
+def test_kl_divergence_matches_the_closed_form_and_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(4, 5), torch.ones(4, 5))
+    exact = torch.distributions.kl_divergence(q, p).sum(1)
+    torch.testing.assert_close(kl_divergence(mu, logvar), exact)
+    z = q.sample((200000,))  # E_q[log q(z) - log p(z)]
+    mc = (q.log_prob(z) - p.log_prob(z)).sum(-1).mean(0)
+    torch.testing.assert_close(kl_divergence(mu, logvar), mc, atol=0.05, rtol=0.01)
+    assert kl_divergence(torch.zeros(2, 3), torch.zeros(2, 3)).abs().max() == 0  # q = p
+
+
+def test_reparameterisation_gradient_is_unbiased_on_a_quadratic():
+    """d/dmu E[(z - a)^2] = 2 (mu - a) and d/dsigma = 2 sigma, for z ~ N(mu, sigma^2): the mean of
+    the reparameterised gradients over many draws converges to both."""
+    torch.manual_seed(0)
+    a, n = 0.3, 400000
+    mu = torch.full((n, 1), 1.5, requires_grad=True)
+    logvar = torch.full((n, 1), math.log(0.8 ** 2), requires_grad=True)
+    (reparameterise(mu, logvar) - a).square().sum().backward()
+    assert abs(mu.grad.mean().item() - 2 * (1.5 - a)) < 0.01
+    sigma_grad = logvar.grad.mean().item() * 2 / 0.8  # d/dsigma = d/dlogvar * dlogvar/dsigma
+    assert abs(sigma_grad - 2 * 0.8) < 0.01
+
+
+def test_bigan_discriminator_sees_image_code_pairs():
+    """D(x, E(x)) is the real pair, D(G(z), z) the fake: swapping either half fails."""
+    seen = []
+
+    def D(x, z):
+        seen.append((x, z))
+        return torch.zeros(len(x), 1)
+
+    x, code, fake, z = (torch.full((2, 1), float(v)) for v in (1, 2, 3, 4))
+    joint_scores(D, x, code, fake, z)
+    (rx, rz), (fx, fz) = seen
+    assert torch.equal(rx, x) and torch.equal(rz, code)  # real: the image and its code
+    assert torch.equal(fx, fake) and torch.equal(fz, z)  # fake: the sample and its noise
+
+
+def test_info_nce_is_log_batch_at_uniform_similarity_and_zero_when_separated():
+    q = torch.ones(8, 4)
+    assert abs(info_nce(q, q, 0.1).item() - math.log(8)) < 1e-6
+    eye = torch.eye(8)
+    assert info_nce(eye, eye, 0.01).item() < 1e-6  # each query only like its own key
+    assert info_nce(eye, eye.roll(1, 0), 0.01).item() > 50  # the wrong keys: large
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return data.synthetic_dataset(n_per_class=6, image_size=16, seed=0,
+                                  compounds=["latrunculin_b"]).select(
+        ["DMSO", "latrunculin_b_1uM", "latrunculin_b_10uM"])
+
+
+@pytest.mark.parametrize("cls", [VAE, BiGAN, DCVAE])
+def test_translation_moves_the_code_by_the_class_mean_difference(ds, cls):
+    torch.manual_seed(0)
+    net = cls(cls.Config.preset("tiny", **SHAPE))
+    for step in range(3):
+        values = net.train_step((ds.images[:8], ds.labels[:8]), step)
+        assert set(values) == set(cls.LOG) and all(math.isfinite(v) for v in values.values())
+    net.refresh(ds)
+    torch.testing.assert_close(net.means, class_means(net.encode, ds.images, ds.labels, 3))
+    x = ds.images[:4]
+    with torch.no_grad():
+        moved = net.translate_many(x, 0, [0, 2])
+        torch.testing.assert_close(moved[0], net.reconstruct(x, 0))
+        shift = net.means[2] - net.means[0]
+        torch.testing.assert_close(moved[1], net.decode(net.encode(x) + shift))
+        assert not torch.allclose(moved[1], moved[0])
+
+
+def test_vae_encode_is_the_mean_of_the_posterior(ds):
+    torch.manual_seed(0)
+    net = VAE(VAE.Config.preset("tiny", **SHAPE))
+    x = ds.images[:4]
+    torch.testing.assert_close(net.encode(x), net.E_ema(x)[:, :8])  # tiny latent_dim 8
+    assert torch.equal(net.encode(x), net.encode(x))  # no sampling in encode
+
+
+def test_vae_learns_to_reconstruct_a_batch(ds):
+    """The evidence bound falls and the EMA-free reconstruction beats the batch's mean image."""
+    torch.manual_seed(0)
+    net = VAE(VAE.Config.preset("tiny", **SHAPE, lr=2e-3), ema=False)
+    x = ds.images[:8]
+    trivial = (x - x.mean(0)).square().mean()
+    first = net.train_step((x, ds.labels[:8]), 0)["mse"]
+    for step in range(1, 150):
+        last = net.train_step((x, ds.labels[:8]), step)["mse"]
+    assert last < 0.5 * first
+    net.G.eval()
+    with torch.no_grad():
+        assert (net.reconstruct(x, 0) - x).square().mean() < trivial
+
+
+def test_bad_settings_end_in_one_line(tmp_path):
+    run = ["--data", "synthetic", "--compounds", "latrunculin_b", "--n-per-class", "2",
+           "--preset", "tiny", "--steps", "1", "--out", str(tmp_path / "r")]
+    assert "--latent-dim must be a finite number > 0" in fails(
+        train.main, run + ["--method", "vae", "--image-size", "16", "--latent-dim", "0"])
+    assert "power-of-two image size" in fails(
+        train.main, run + ["--method", "bigan", "--image-size", "24"])
+    assert "--temperature: must be a finite number, got nan" in fails(
+        train.main, run + ["--method", "dcvae", "--image-size", "16", "--temperature", "nan"])
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
