@@ -365,6 +365,38 @@ def cmd_prepare(args):
           f"in {len(classes)} class folders to {out}")
 
 
+def cmd_sites(args):
+    """An .npz with a `site` array (the field of view of each crop) split into train.npz and
+    test.npz by whole sites: neighbouring crops of one field share cells and background, so a random
+    split flatters every method."""
+    path = Path(args.data)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        raise ValueError(f"--data {args.data}: expected an .npz file with a site array")
+    with np.load(path, allow_pickle=False) as f:
+        if "site" not in f.files:
+            raise ValueError(f"{path} has no site array (one name per crop): nothing to split by")
+        arrays = {k: f[k] for k in f.files}
+    n, sites = len(arrays["site"]), [str(s) for s in arrays["site"]]
+    unknown = sorted(set(args.test) - set(sites))
+    if unknown:
+        raise ValueError(f"--test sites {unknown} are not in {path}; it has: "
+                         f"{', '.join(sorted(set(sites)))}")
+    test = np.isin(sites, args.test)
+    labels = arrays["labels"]
+    for part, keep in (("train", ~test), ("test", test)):
+        missing = sorted(set(range(len(arrays["classes"]))) - set(labels[keep].tolist()))
+        if missing:
+            raise ValueError(f"the {part} split has no images of class(es) "
+                             f"{[str(arrays['classes'][k]) for k in missing]}; choose --test "
+                             "sites so that both splits hold every class")
+    out = files.out_folder(args.out, [args.data], ["train.npz", "test.npz"], args.overwrite)
+    for part, keep in (("train", ~test), ("test", test)):
+        np.savez(out / f"{part}.npz", **{k: v[keep] if len(v) == n else v
+                                          for k, v in arrays.items()})
+        print(f"{part}.npz: {int(keep.sum())} crops of sites "
+              f"{', '.join(sorted(set(np.asarray(sites)[keep])))}")
+
+
 def cmd_montage(args):
     """One PNG per compound: columns DMSO -> highest dose,
     rows = the same field under every dose."""
@@ -449,13 +481,19 @@ def main(argv=None):
     mon.add_argument("--rows", type=files.integer(1), default=4)
     mon.add_argument("--scale", type=files.integer(1), default=3,
                      help="nearest-neighbour upscaling for visibility")
+    sit = sub.add_parser("sites", help="split an .npz into train.npz and test.npz by whole "
+                         "sites (fields of view)")
+    sit.add_argument("--data", required=True, help="an .npz with images, labels, classes, site")
+    sit.add_argument("--test", nargs="+", required=True, help="the sites held out, e.g. B02_s1")
+    sit.add_argument("--out", required=True, help="output folder (new or empty)")
+    sit.set_defaults(run=cmd_sites)
     tab = sub.add_parser("table",
                          help="print the compound -> parameter -> EC50 -> top-dose effect table")
     for s in (syn, pre):
         s.add_argument("--out", required=s is pre, help="output folder (new or empty)")
         s.add_argument("--compounds", nargs="+",
                        help="keep DMSO and these compounds (default: all)")
-    for s in (syn, pre, mon):
+    for s in (syn, pre, mon, sit):
         s.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     for s, size in ((syn, 64), (pre, 128), (mon, 64)):
         s.add_argument("--size", type=files.integer(8), default=size)

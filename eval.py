@@ -427,26 +427,29 @@ def cmd_ttest(a):
 
 def cmd_represent(a):
     """DSAE's representation quality: 1-NN and linear-probe F1 of encoders' features against the
-    floors (channel statistics, pixels, random weights), a table and a PCA map."""
+    floors (channel statistics, pixels, random weights), a table and a PCA map; for methods that
+    decode, reconstructions (F1 against reconstruction: the paper's Fig. 2) and decoded paths."""
     loaded = [M.load_method(p, a.device) for p in a.ckpt]
     pngs = {i: f"interpolation_{i + 1}_{ckpt['method']}.png"
             for i, (net, ckpt) in enumerate(loaded) if hasattr(net, "decode")}
-    folder = out(a, "representation.md", "representation.csv", "map.png", *pngs.values())
+    folder = out(a, "representation.md", "representation.csv", "map.png", "fig2.png",
+                 *pngs.values())
     size = {ckpt["config"]["image_size"] for _, ckpt in loaded}
     if len(size) > 1:
         raise ValueError(f"the checkpoints take different image sizes ({sorted(size)}); compare "
                          "encoders of one size")
     ds = data.load_dataset(a.data, image_size=size.pop(), n_per_class=a.n_per_class, seed=a.seed,
-                           compounds=a.compounds, normalization=loaded[0][1].get("normalization"))
-    encoders = {}
-    for p, (net, ckpt) in zip(a.ckpt, loaded):
+                           compounds=a.compounds, normalization=loaded[0][1].get("normalization"),
+                           fit=a.fit or loaded[0][1].get("args", {}).get("fit", "crop"))
+    encoders, ckpt_names = {}, [f"{ckpt['method']} ({p})" for p, (_, ckpt) in zip(a.ckpt, loaded)]
+    for i, (p, (net, ckpt)) in enumerate(zip(a.ckpt, loaded)):
         if ckpt["config"].get("in_channels", ds.images.shape[1]) != ds.images.shape[1]:
             raise ValueError(f"{p} takes {ckpt['config']['in_channels']}-channel images, "
                              f"{a.data} has {ds.images.shape[1]} channels")
         with torch.no_grad():
             net.encode(ds.images[:1].to(a.device))  # no encoder: one line before any work
-        encoders[f"{ckpt['method']} ({p})"] = net.encode
-        encoders[f"{ckpt['method']} random weights"] = R.random_weights(ckpt, a.device).encode
+        encoders[ckpt_names[i]] = net.encode
+        encoders[f"{ckpt_names[i]} random weights"] = R.random_weights(ckpt, a.device).encode
     is_synthetic = ds.truth is not None
     block = a.block or (1 if is_synthetic else 4)
     rows, maps = R.represent(ds, encoders, a.control, a.every, block,
@@ -461,15 +464,28 @@ def cmd_represent(a):
         about.append("Compounds: doses at or below the compound's EC50 (synthetic.COMPOUNDS) are "
                      "left out.")
     text = R.report(rows, about)
-    for i, name in pngs.items():  # DSAE, the autoencoders: decoded paths between phenotypes
+    test = torch.as_tensor(R.split(ds.labels.numpy(), a.every, block))
+    x = ds.images[test]
+    trivial = reconstruction_error(x, ds.images[~test].mean(0).expand_as(x))["mse"].mean()
+    recon = {}
+    for i, name in pngs.items():  # DSAE, the autoencoders: reconstructions, decoded paths
         net = loaded[i][0]
+        with torch.no_grad():
+            rec = torch.cat([net.decode(net.encode(xb.to(a.device))).cpu()
+                             for xb in x.split(a.batch_size)])
+        recon[ckpt_names[i]] = reconstruction_error(x, rec)["mse"]
         f = R.encode_all(net.encode, ds.images, a.batch_size, a.device)
         paths, strips = R.interpolation(net.decode, f, ds, a.control, batch_size=a.batch_size,
                                         device=a.device)
         plots.image_grid(torch.cat(list(strips.values())), 4 * len(strips), folder / name)
         text += R.interpolation_report(paths, f"{name}, {a.ckpt[i]}", a.control)
+    if recon:
+        points = R.fig2_points(rows, recon)
+        text += R.fig2_report(points, trivial)
+        plots.f1_against_reconstruction(points, trivial, folder / "fig2.png")
     (folder / "representation.md").write_text(text)
     write_csv(folder / "representation.csv", R.COLUMNS, [[r[k] for k in R.COLUMNS] for r in rows])
+    maps = {k: v for k, v in maps.items() if not k.endswith("random weights")}
     plots.feature_map(maps, ds.labels, ds.classes, folder / "map.png",
                       "PCA of features normalised to the control")
 
@@ -578,6 +594,9 @@ def get_parser():
                    help="synthetic images per class (%(default)s)")
     s.add_argument("--compounds", nargs="+", help="keep DMSO and these compounds (default: all)")
     s.add_argument("--control", default="DMSO", help="the untreated class (%(default)s)")
+    s.add_argument("--fit", choices=["crop", "resize"],
+                   help="real images larger than the checkpoints' size: the centre crop or the "
+                        "whole image resized (default: as the first checkpoint's run trained)")
     s.add_argument("--every", type=files.integer(2), default=5,
                    help="hold out every N-th block of images of each class (%(default)s)")
     s.add_argument("--block", type=files.integer(1),

@@ -192,3 +192,27 @@ def feature_map(maps, labels, classes, path, title=""):
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path, dpi=100)
+
+
+def f1_against_reconstruction(points, trivial, path, task="classes"):
+    """The DSAE paper's Fig. 2: linear-probe F1 (up) against reconstruction MSE (left is better),
+    a point per method that reconstructs; the floors that cannot reconstruct (channel statistics,
+    pixels; random weights are in the table) as horizontal lines and the trivial reconstruction
+    (the mean image) as a vertical one."""
+    fig = Figure(figsize=(7.5, 3.8))
+    ax = fig.subplots()
+    methods = {k: v for k, v in points.items() if v[2] is not None}
+    for i, (name, (f1, _, mse)) in enumerate(methods.items()):
+        ax.scatter([max(mse, 1e-6)], [f1], s=30, color=f"C{i % 10}", label=name, zorder=3)
+    for name, (f1, _, mse) in points.items():
+        if mse is None and not name.endswith("random weights"):
+            ax.axhline(f1, color="0.5", lw=0.8, ls=":")
+            ax.annotate(name, (0.01, f1), xycoords=("axes fraction", "data"), fontsize=6,
+                        color="0.4", va="bottom")
+    ax.axvline(trivial, color="k", lw=0.8, ls="--", label="mean image (trivial)")
+    ax.set_xscale("log")
+    ax.set_xlabel("reconstruction MSE (held-out images, [0, 1])", fontsize=8)
+    ax.set_ylabel(f"linear-probe macro F1 ({task})", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _save(fig, path)

@@ -293,6 +293,34 @@ def report(rows, about):
               + (f": {', '.join(compounds)}." if compounds else ".")]
     return "\n".join(lines) + "\n"
 
+def fig2_points(rows, recon, task="classes"):
+    """The DSAE paper's Fig. 2 as points: {name: (linear F1, 1-NN F1, reconstruction MSE or None)}
+    for every feature set of `rows` on `task`; recon {name: (N,) per-image MSE} for the sets that
+    reconstruct (the floors and random weights do not)."""
+    return {r["features"]: (r["linear_f1"], r["knn_f1"],
+                            float(np.mean(recon[r["features"]])) if r["features"] in recon
+                            else None) for r in rows if r["task"] == task}
+
+
+def psnr(mse):
+    return -10 * math.log10(max(mse, 1e-12))
+
+
+def fig2_report(points, trivial):
+    """The markdown of fig2_points; trivial: the MSE of predicting the mean training image."""
+    lines = ["", "## F1 against reconstruction (the DSAE paper's Fig. 2)", "",
+             "| features | linear F1 | 1-NN F1 | reconstruction MSE | PSNR (dB) |",
+             "|---|---|---|---|---|"]
+    for name, (lin, knn, mse) in points.items():
+        rec = (f"{mse:.4f} | {psnr(mse):.1f}" if mse is not None else "- | -")
+        lines.append(f"| {name} | {lin:.3f} | {knn:.3f} | {rec} |")
+    lines += [f"| mean training image (trivial reconstruction) | - | - | {trivial:.4f} | "
+              f"{psnr(trivial):.1f} |", "",
+              "Reconstruction: decode(encode(x)) of the held-out images, MSE on [0, 1] "
+              "intensities, averaged over images; the trivial reconstruction predicts every "
+              "image by the per-pixel mean of the training images."]
+    return "\n".join(lines) + "\n"
+
 # -----------------------------------------------------------------------------
 # latent interpolation: the geometry, and the score of a decoded path
 
@@ -335,12 +363,14 @@ def path_trend(decoded, feature="cells_actin_mean", **feature_kw):
 
 
 def dose_series(classes, control="DMSO"):
-    """{compound: its classes from the control up the doses}, for every compound of the data."""
+    """{compound: its classes from the control up the doses}, for every compound of the data; a
+    class without a concentration in its name (real data: "protein_synthesis") is a series of its
+    own, [control, class]."""
     series = {}
     for c in classes:
         compound, conc = files.parse_class(c)
-        if c != control and conc is not None:
-            series.setdefault(compound, []).append((conc, c))
+        if c != control:
+            series.setdefault(compound if conc is not None else c, []).append((conc or 0, c))
     return {k: [control] + [c for _, c in sorted(v)] for k, v in series.items()}
 
 

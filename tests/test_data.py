@@ -10,6 +10,7 @@ from scipy import ndimage
 
 import data
 import files
+from tests.helpers import fails
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +249,25 @@ def test_npz_loader_reorders_recognised_channels(tmp_path):
              classes=np.array(["a"]))
     ds = data.load_dataset(str(tmp_path / "plain.npz"), image_size=16)
     assert ds.images.shape == (4, 1, 16, 16) and ds.channels == ["ch0"]
+
+
+def test_sites_split_holds_out_whole_fields_of_view(tmp_path):
+    rng = np.random.default_rng(0)
+    site = np.array(["A_s1", "A_s1", "A_s2", "B_s1", "B_s2", "B_s2"])
+    np.savez(tmp_path / "crops.npz", images=rng.integers(0, 9, (6, 8, 8, 3)).astype(np.uint16),
+             labels=np.array([0, 0, 0, 1, 1, 1]), classes=np.array(["DMSO", "drug"]), site=site)
+    data.main(["sites", "--data", str(tmp_path / "crops.npz"), "--test", "A_s2", "B_s1",
+               "--out", str(tmp_path / "split")])
+    with np.load(tmp_path / "split" / "train.npz") as tr, \
+            np.load(tmp_path / "split" / "test.npz") as te:
+        assert list(tr["site"]) == ["A_s1", "A_s1", "B_s2", "B_s2"]
+        assert list(te["site"]) == ["A_s2", "B_s1"] and list(te["labels"]) == [0, 1]
+        assert list(te["classes"]) == ["DMSO", "drug"]  # arrays not per crop are kept whole
+    run = ["sites", "--data", str(tmp_path / "crops.npz"), "--out", str(tmp_path / "other")]
+    assert "not in" in fails(data.main, run + ["--test", "C_s9"])
+    assert "no images of class(es) ['drug']" in fails(data.main, run + ["--test", "B_s1", "B_s2"])
+    assert "already" in fails(data.main, run[:-1] + [str(tmp_path / "split"), "--test", "A_s2",
+                                                      "B_s1"])
 
 
 def fabricate_bbbc021(root, rng, h=40, w=48):

@@ -206,8 +206,8 @@ def test_represent_command_end_to_end(fakes, tmp_path, capsys):
     E.main(argv)
     with open(tmp_path / "r" / "representation.csv") as f:
         rows = list(csv.DictReader(f))
-    names = [f"fake_encoder ({fakes[0]})", "fake_encoder random weights", "channel statistics",
-             "pixels"]
+    names = [f"fake_encoder ({fakes[0]})", f"fake_encoder ({fakes[0]}) random weights",
+             "channel statistics", "pixels"]
     assert [r["features"] for r in rows] == [n for n in names for _ in range(2)]
     assert [r["task"] for r in rows[:2]] == ["classes", "compounds"]
     assert [r["classes"] for r in rows[:2]] == ["9", "2"]  # DMSO vs Lat B above its EC50
@@ -245,3 +245,17 @@ def test_an_exact_autoencoder_decodes_a_path_that_loses_actin(fakes, tmp_path):
     with open(tmp_path / "r" / "representation.csv") as f:
         assert len(list(csv.DictReader(f))) == 8  # 4 feature sets x 2 tasks
     assert (tmp_path / "r" / "interpolation_1_fake_autoencoder.png").stat().st_size > 1000
+    fig2 = md[md.index("## F1 against reconstruction"):].splitlines()
+    exact = next(line for line in fig2 if line.startswith(f"| fake_autoencoder ({ckpt})"))
+    assert exact.split("|")[4].strip() == "0.0000"  # decode(encode(x)) = x
+    trivial = next(line for line in fig2 if line.startswith("| mean training image"))
+    assert float(trivial.split("|")[4]) > 0.001
+    assert next(line for line in fig2 if line.startswith("| pixels")).split("|")[4].strip() == "-"
+    assert (tmp_path / "r" / "fig2.png").stat().st_size > 1000
+
+
+def test_dose_series_orders_doses_and_keeps_a_class_without_dose():
+    classes = ["DMSO", "latrunculin_b_1uM", "latrunculin_b_0.1uM", "protein_synthesis"]
+    assert R.dose_series(classes) == {
+        "latrunculin_b": ["DMSO", "latrunculin_b_0.1uM", "latrunculin_b_1uM"],
+        "protein_synthesis": ["DMSO", "protein_synthesis"]}
