@@ -18,8 +18,8 @@ from tqdm import tqdm
 import data
 import files
 import plots
-from eval import (dose_response, load_variants, reconstruction_error, sample_statistics, spearman,
-                  variant_flags)
+from eval import (dose_response, feature_table, load_variants, reconstruction_error,
+                  sample_statistics, spearman, variant_flags)
 
 HERE = Path(__file__).resolve().parent
 DEMO_CKPT = HERE / "checkpoints" / "demo.pt"
@@ -104,6 +104,27 @@ def input_preservation(net, x, y, classes, names, args):
     return rows
 
 
+def counterfactual(x, y, truth, classes, names, workers=1):
+    """The error against the truth (synthetic data only): translations y (classes, N, ...) of the
+    DMSO inputs x against truth (classes, N, ...), the same fields rendered under each dose. Per
+    target: PSNR of the translation to its own truth, to the truth of another field (the next
+    one) and of the untranslated input to the truth, the share closer to its own truth, and the
+    mean absolute error of actin (`ACTIN`) of the translation and of the input against the truth.
+    A method that shows *this* cell's response beats both references; a class-conditional sampler
+    that ignores its input is no closer to its own truth than to another field's."""
+    rows = {}
+    for name in names:
+        t = classes.index(name)
+        own = reconstruction_error(truth[t], y[t])["psnr"]
+        other = reconstruction_error(truth[t].roll(1, 0), y[t])["psnr"]
+        actin = [feature_table(((v + 1) / 2).numpy(), workers=workers)[ACTIN]
+                 for v in (y[t], truth[t], x)]
+        rows[name] = (own.mean(), other.mean(), float((own > other).mean()),
+                      reconstruction_error(truth[t], x)["psnr"].mean(),
+                      *(np.nanmean(np.abs(actin[i] - actin[1])) for i in (0, 2)))
+    return rows
+
+
 def run(args):
     """The demo: translate, reconstruct, measure the dose-responses, write report.md."""
     out = files.out_folder(args.out, writes=["report.md"], overwrite=args.overwrite)
@@ -143,6 +164,12 @@ def run(args):
     recon = {name: reconstruction_error(xr, batched(m.reconstruct, [xr, yr], args))
              for name, m in variants.items()}
     preserved = input_preservation(net, x, y, classes, ["DMSO", *tops], args)
+    paired = data.synthetic_dataset("bbbc021", n_per_class=args.n, image_size=size,
+                                    seed=DEMO_SEED, compounds=chosen, paired=True)
+    truth = torch.stack([paired.images[paired.labels == i] for i in range(len(classes))])
+    assert torch.equal(truth[0], x), "the paired set must render the inputs' own fields"
+    truths = counterfactual(x, y, truth, classes, [c for v in series.values() for c in v],
+                            args.workers)
 
     # 3. Fig. 4: per-feature means of real and translated images at each concentration
     real = {c: (ds.images[ds.labels == i] + 1) / 2 for i, c in enumerate(classes)}
@@ -168,7 +195,7 @@ def run(args):
         abs(spearman(conc[k], curve["real", k][f])))) for k in groups}
     plots.dose_response(conc, curve, shown, out / "dose_response.png")
     numbers = dict(groups=groups, varying=varying, r=r, median_r=median_r, rho=rho, conc=conc,
-                   curve=curve, recon=recon, preserved=preserved, samples=samples,
+                   curve=curve, recon=recon, preserved=preserved, truths=truths, samples=samples,
                    how=net.describe())
     write_report(out, ckpt_path, ckpt, args, len(x), numbers)
     print(f"Latrunculin B actin: Spearman rho(real, translated) = {rho:.2f} (target >= 0.8); "
@@ -248,4 +275,16 @@ def _input_sections(args, n):
               "cycle PSNR (dB) |", "|---|---|---|---|---|"]
     lines += [f"| {t} | {own:.1f} | {other:.1f} | {share:.0%} | {cycle:.1f} |"
               for t, (own, other, share, cycle) in n["preserved"].items()]
+    lines += ["", "## Is it this cell's response? (error against the truth)", "",
+              "The synthetic benchmark renders the same fields under every dose, so each DMSO "
+              "input's translation has a true answer: its own field at the target dose. PSNR of "
+              "the translation to that truth, to another field's truth (the next input's: a "
+              "sampler that ignores its input is as close to it as to its own), and of the "
+              "untranslated input (doing nothing); then the mean absolute error of "
+              f"`{ACTIN}` against the truth, of the translation and of the input.", "",
+              "| target | PSNR to own truth (dB) | to another field's truth | closer to own | "
+              "input to truth (dB) | actin error | input's actin error |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {t} | {own:.1f} | {other:.1f} | {share:.0%} | {ident:.1f} | {err:.4f} | "
+              f"{err0:.4f} |" for t, (own, other, share, ident, err, err0) in n["truths"].items()]
     return lines

@@ -199,7 +199,7 @@ def test_demo_micro_writes_every_artefact(tmp_path):
         assert (out / name).stat().st_size > 1000, name
     report = (out / "report.md").read_text()
     for needle in ("Latrunculin B", "Spearman", "median Pearson r", "plain eq. 6",
-                   "exact (5 fixed-point", "![](dose_series.png)"):
+                   "exact (5 fixed-point", "![](dose_series.png)", "PSNR to own truth"):
         assert needle in report, needle
     # both targets judged, whatever the verdict
     assert len(re.findall(r"\| (PASS|FAIL) \|", report)) == 2
@@ -216,3 +216,22 @@ def test_demo_takes_a_model_of_some_compounds(tmp_path):
     report = (out / "report.md").read_text()
     assert ("| latrunculin_b | 8 |" in report and "nocodazole" not in report
             and "herbimycin" not in report)
+
+
+def test_counterfactual_error_tells_this_cells_response_from_another_cells():
+    """Against the truth of the same fields at each dose: the truth itself scores perfectly and
+    is always closer to its own field; another field's truth (a sampler that ignores its input)
+    is never closer to its own; the untranslated input scores the input column."""
+    from data import synthetic_dataset
+    from demo import counterfactual
+    ds = synthetic_dataset(n_per_class=4, image_size=32, seed=1, compounds=["latrunculin_b"],
+                           paired=True)
+    truth = torch.stack([ds.images[ds.labels == i] for i in range(len(ds.classes))])
+    x, top = truth[0], ["latrunculin_b_10uM"]
+    exact = counterfactual(x, truth, truth, ds.classes, top)[top[0]]
+    assert exact[0] > 100 and exact[2] == 1.0 and exact[4] == 0  # own truth: exact
+    assert exact[5] > 0.01  # the input's actin is off: the drug changes it
+    sampler = counterfactual(x, truth.roll(1, 1), truth, ds.classes, top)[top[0]]
+    assert sampler[2] == 0.0 and sampler[0] < sampler[1]  # closer to another field's truth
+    nothing = counterfactual(x, x[None].expand_as(truth), truth, ds.classes, top)[top[0]]
+    assert nothing[0] == pytest.approx(nothing[3]) and nothing[4] == pytest.approx(nothing[5])
