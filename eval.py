@@ -531,10 +531,11 @@ def get_parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", default="runs/eval", help="output folder (%(default)s)")
     common.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
-    incep = argparse.ArgumentParser(add_help=False)
+    compute = argparse.ArgumentParser(add_help=False)  # the commands that run a network
+    compute.add_argument("--device", type=files.device, default=dev)
+    incep = argparse.ArgumentParser(add_help=False, parents=[compute])
     incep.add_argument("--inception-weights", help=f"path to {WEIGHTS_FILE} (or set {WEIGHTS_ENV})")
     incep.add_argument("--batch-size", type=files.integer(1), default=16)
-    incep.add_argument("--device", type=files.device, default=dev)
     feats = argparse.ArgumentParser(add_help=False, parents=[common])
     feats.add_argument("--real", required=True, help="real images, root/<class>/*.png")
     feats.add_argument("--fake", help="translated/generated images, same layout")
@@ -555,7 +556,7 @@ def get_parser():
     s.add_argument("--real", required=True, help="real images, root/<class>/*.png")
     s.add_argument("--fake", required=True, help="translated images, root/<target class>/*.png")
     s.set_defaults(run=cmd_table1)
-    s = sub.add_parser("recon", parents=[common], help="Table 2: reconstruction error")
+    s = sub.add_parser("recon", parents=[common, compute], help="Table 2: reconstruction error")
     s.add_argument("--real", help="real images (a folder), matched by file name with --rec")
     s.add_argument("--rec", help="their reconstructions, e.g. OUT/DMSO of phendiff.py reconstruct")
     s.add_argument("--ckpt", help="or: reconstruct --data with this checkpoint of any method first")
@@ -567,16 +568,15 @@ def get_parser():
     variant_flags(s)
     s.add_argument("--batch-size", type=files.integer(1), default=32)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", type=files.device, default=dev)
     s.set_defaults(run=cmd_recon)
-    s = sub.add_parser("samples", parents=[common], help="a StyleGAN's samples vs real images")
+    s = sub.add_parser("samples", parents=[common, compute],
+                       help="a StyleGAN's samples vs real images")
     s.add_argument("--ckpt", required=True, help="a checkpoint of a method that samples (stylegan)")
     s.add_argument("--data", default="synthetic", help="the real images, any --data source")
     s.add_argument("--n", type=files.integer(2), default=48, help="images per class (%(default)s)")
     s.add_argument("--feature", default="cells_actin_mean", help="feature whose dose trend to test")
     s.add_argument("--workers", type=files.integer(1), default=1)
     s.add_argument("--seed", type=int, default=1, help="of the real images and the samples")
-    s.add_argument("--device", type=files.device, default=dev)
     s.set_defaults(run=cmd_samples)
     sub.add_parser("fig4", parents=[feats], help="Fig. 4: feature correlations across doses"
                    ).set_defaults(run=cmd_fig4)
@@ -586,7 +586,7 @@ def get_parser():
     s.add_argument("--a", required=True, help="first condition (class name)")
     s.add_argument("--b", required=True, help="second condition (class name)")
     s.set_defaults(run=cmd_ttest)
-    s = sub.add_parser("represent", parents=[common],
+    s = sub.add_parser("represent", parents=[common, compute],
                        help="DSAE: 1-NN / linear F1 of encoders' features against floors")
     s.add_argument("--ckpt", nargs="+", required=True, help="checkpoints of methods with encode")
     s.add_argument("--data", default="synthetic", help="any --data source")
@@ -604,15 +604,14 @@ def get_parser():
                         "else 4")
     s.add_argument("--batch-size", type=files.integer(1), default=64)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", type=files.device, default=dev)
     s.set_defaults(run=cmd_represent)
-    s = sub.add_parser("bench", help="feature extraction throughput and accuracy")
+    s = sub.add_parser("bench", parents=[compute],
+                       help="feature extraction throughput and accuracy")
     s.add_argument("--batch-size", type=files.integer(1), default=16)
     s.add_argument("--batches", type=files.integer(1), default=4)
     s.add_argument("--images", type=files.integer(25), default=200)
     s.add_argument("--workers", type=files.integer(1), default=2)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", type=files.device, default=dev)
     s.set_defaults(run=cmd_bench)
     return p
 
