@@ -452,8 +452,9 @@ def cmd_represent(a):
         encoders[f"{ckpt_names[i]} random weights"] = R.random_weights(ckpt, a.device).encode
     is_synthetic = ds.truth is not None
     block = a.block or (1 if is_synthetic else 4)
-    rows, maps = R.represent(ds, encoders, a.control, a.every, block,
-                             R.SYNTHETIC_EC50 if is_synthetic else None, a.batch_size, a.device)
+    ec50 = R.SYNTHETIC_EC50 if is_synthetic else None
+    rows, maps, raw = R.represent(ds, encoders, a.control, a.every, block, ec50, a.batch_size,
+                                  a.device)
     for r in rows:
         print(f"{r['features']:40s} {r['task']:9s} 1-NN F1 {r['knn_f1']:.3f}  linear F1 "
               f"{r['linear_f1']:.3f}  (chance {r['chance']:.3f})")
@@ -469,12 +470,11 @@ def cmd_represent(a):
     trivial = reconstruction_error(x, ds.images[~test].mean(0).expand_as(x))["mse"].mean()
     recon = {}
     for i, name in pngs.items():  # DSAE, the autoencoders: reconstructions, decoded paths
-        net = loaded[i][0]
+        net, f = loaded[i][0], raw[ckpt_names[i]]  # the features represent() encoded
         with torch.no_grad():
-            rec = torch.cat([net.decode(net.encode(xb.to(a.device))).cpu()
-                             for xb in x.split(a.batch_size)])
+            rec = torch.cat([net.decode(fb.float().to(a.device)).cpu()
+                             for fb in torch.from_numpy(f[test.numpy()]).split(a.batch_size)])
         recon[ckpt_names[i]] = reconstruction_error(x, rec)["mse"]
-        f = R.encode_all(net.encode, ds.images, a.batch_size, a.device)
         paths, strips = R.interpolation(net.decode, f, ds, a.control, batch_size=a.batch_size,
                                         device=a.device)
         plots.image_grid(torch.cat(list(strips.values())), 4 * len(strips), folder / name)

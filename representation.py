@@ -231,7 +231,7 @@ def represent(ds, encoders, control="DMSO", every=5, block=1, ec50=None, batch_s
     Each set is normalised to the control's training images, then classified on the held-out split
     (`split`) by 1-NN and a linear probe, over the classes and over compound groups
     (`compound_groups` with ec50). Returns (rows: one dict per feature set and task, maps:
-    {name: (N, 2) PCA of the normalised features})."""
+    {name: (N, 2) PCA of the normalised features}, raw: {name: (N, D) features as encoded})."""
     y = ds.labels.numpy()
     if len(ds.classes) < 2:
         raise ValueError(f"need at least 2 classes to classify, the data has {len(ds.classes)}")
@@ -247,10 +247,10 @@ def represent(ds, encoders, control="DMSO", every=5, block=1, ec50=None, batch_s
         g = np.array([names.index(groups[c]) if groups[c] else -1 for c in ds.classes])[y]
         tasks["compounds"] = (g, g >= 0, names)
     sets = {**encoders, "channel statistics": channel_statistics, "pixels": pixels}
-    rows, maps = [], {}
+    rows, maps, raw = [], {}, {}
     for name, fn in sets.items():
-        f = encode_all(fn, ds.images, batch_size, device)
-        f = normalise_to_control(f, y, ds.classes.index(control), mask=~test)
+        raw[name] = encode_all(fn, ds.images, batch_size, device)
+        f = normalise_to_control(raw[name], y, ds.classes.index(control), mask=~test)
         maps[name] = pca(f, 2)[0]
         for task, (labels, keep, members) in tasks.items():
             tr, te = keep & ~test, keep & test
@@ -262,7 +262,7 @@ def represent(ds, encoders, control="DMSO", every=5, block=1, ec50=None, batch_s
                          "linear_f1": linear_probe_f1(f[tr], labels[tr], f[te], labels[te], k,
                                                       weight_decay=weight_decay),
                          "members": members})
-    return rows, maps
+    return rows, maps, raw
 
 
 COLUMNS = ["features", "dim", "task", "classes", "n_train", "n_test", "chance", "knn_f1",
