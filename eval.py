@@ -21,6 +21,7 @@ method's internals, so PhenDiff and every baseline are measured by the same code
     python eval.py samples --ckpt runs/stylegan --data synthetic --out runs/eval
     python eval.py represent --ckpt runs/dino --data synthetic --out runs/eval
     python eval.py bench
+    python eval.py reproduce --data synthetic --compounds latrunculin_b --out results/NAME
 """
 import argparse
 import csv
@@ -107,6 +108,18 @@ def feature_distance(f1, f2):
     return float(diff @ diff + (a1 ** 2).sum() / (n1 - 1) + (a2 ** 2).sum() / (n2 - 1)
                  - 2 * tr_covmean)
 
+
+def frechet_bootstrap(f1, f2, n_boot=200, seed=0, level=0.95):
+    """(distance, low, high): the Frechet distance of two feature sets and its basic bootstrap
+    interval. Both sets are resampled with replacement; a distance on few images is biased upward,
+    and the resampled distances are biased about as much again, so the interval reflects them about
+    the estimate, [2d - q_high, 2d - q_low], which centres it on the large-sample value."""
+    d = feature_distance(f1, f2)
+    g = np.random.default_rng(seed)
+    boot = [feature_distance(f1[g.integers(0, len(f1), len(f1))],
+                             f2[g.integers(0, len(f2), len(f2))]) for _ in range(n_boot)]
+    q_low, q_high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return d, 2 * d - q_high, 2 * d - q_low
 
 
 def fid(images1, images2, encoder, batch_size=16, device="cpu"):
@@ -613,6 +626,11 @@ def get_parser():
     s.add_argument("--workers", type=files.integer(1), default=2)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(run=cmd_bench)
+    import reproduce  # here, not at the top: reproduce.py builds on this module
+    s = sub.add_parser("reproduce", parents=[incep],
+                       help="both papers: train, translate, score every method; report.md")
+    reproduce.add_arguments(s)
+    s.set_defaults(run=reproduce.run)
     return p
 
 

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -292,6 +293,7 @@ def run_command(parser, argv=None):
     (ValueError, OSError: a bad flag, file or folder) end in one line on stderr and exit code 2;
     a bug keeps its traceback."""
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for reports
     try:
         return args.run(args)
     except (ValueError, OSError) as e:

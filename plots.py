@@ -124,6 +124,47 @@ def fig4(r, groups, path):
     return _save(fig, path, dpi=100)
 
 
+def fig4_methods(r, path):
+    """Fig. 4 for many methods: per method, the histogram of the per-feature Pearson r (real vs
+    translated means across doses) over the dose-varying features; {method: (F,) r}."""
+    n = len(r)
+    cols = min(n, 4)
+    fig = Figure(figsize=(2.6 * cols, 2.3 * math.ceil(n / cols)))
+    axes = np.atleast_1d(fig.subplots(math.ceil(n / cols), cols)).ravel()
+    for ax, (m, v) in zip(axes, r.items()):
+        v = v[np.isfinite(v)]
+        ax.hist(v, bins=np.linspace(-1, 1, 21))
+        ax.set_title(f"{m}: median r {np.median(v) if len(v) else math.nan:.2f}", fontsize=8)
+        ax.set_xlabel("Pearson r, real vs translated", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return _save(fig, path, dpi=90)
+
+
+def counterfactual(rows, path):
+    """Error against the truth by dose, a line per method: PSNR of the translation to its own field
+    at the target dose (up is better) and the distance of its cell features to the truth's (down is
+    better); doing nothing (`identity`) dashed. rows: [method, target, µM, psnr_own, _, _,
+    feature_dist_own, ...]."""
+    fig = Figure(figsize=(9, 3.4))
+    axes = fig.subplots(1, 2)
+    methods = list(dict.fromkeys(r[0] for r in rows))
+    for i, m in enumerate(methods):
+        mine = sorted((r for r in rows if r[0] == m), key=lambda r: r[2])
+        style = dict(color="k", ls="--") if m == "identity" else dict(color=f"C{i % 10}")
+        for ax, col in zip(axes, (3, 6)):
+            ax.plot([r[2] for r in mine], [r[col] for r in mine], marker="o", ms=3, label=m,
+                    **style)
+    for ax, label in zip(axes, ("PSNR to the own truth (dB)", "feature distance to the own truth")):
+        ax.set_xscale("log")
+        ax.set_xlabel("target concentration (µM)", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _save(fig, path, dpi=100)
+
+
 def bars(names, values, ylabel, path):
     """A bar per class (Table 1's per-class FID)."""
     fig = Figure(figsize=(max(4, 0.4 * len(names) + 2), 3.5))

@@ -164,7 +164,7 @@ def _layout(img, cand):
     pos = np.stack([cand.u["x"], cand.u["y"]], -1) * hp
     for _ in range(4):
         d = pos[:, :, None] - pos[:, None]  # (B, K, K, 2)
-        dist = np.sqrt((d**2).sum(-1)) + np.eye(K, dtype=np.float32)
+        dist = np.maximum(np.sqrt((d**2).sum(-1)), 1e-6)  # two cells clipped to one corner: 0
         push = ((np.clip(14 * s - dist, 0, None) / dist)[..., None] * d).sum(2)
         pos = np.clip(pos + 0.3 * push, 0, hp - 1)
     present = cand.u["presence"] < img.P["cell_density"][:, None] * (hp / img.size) ** 2 / K

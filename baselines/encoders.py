@@ -2,11 +2,15 @@
 a Vision Transformer (the paper's main one), a bottleneck ResNet and a CNN (the residual trunk of
 the StyleGAN2 discriminator). Each maps images (B, C, H, W) in [-1, 1], any channel count, to
 features (B, dim) and takes images of other sizes than it was built for (DINO's local crops are
-smaller); `encoder(arch, config)` builds one.
+smaller); `encoder(arch, config)` builds one. Last, the domain encoder of the reproduction's
+Table 1 (reproduce.py): the CNN trained as a plain classifier of the classes, no DSAE part.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
 
 from baselines.stylegan import DBlock, EqualConv2d
 
@@ -205,3 +209,50 @@ def encoder(arch, c, drop_path=0.0):
     if arch == "cnn":
         return ConvTrunk(c.in_channels, c.image_size, c.width)
     raise ValueError(f"--arch {arch!r}: choose one of {', '.join(ARCHS)}")
+
+# -----------------------------------------------------------------------------
+# The domain encoder of Table 1 (reproduce.py): a supervised classifier, not a DSAE encoder
+
+
+class DomainEncoder(nn.Module):
+    """A classifier of the training classes: the StyleGAN2 discriminator's trunk and a linear head.
+    Its pooled features (`forward`, images in [0, 1] as eval.encode gives them) are the domain
+    feature space of Table 1: trained on the same data, held fixed, and no compared method's own
+    encoder (Inception features know ImageNet, not cells; the cell classes are what a translation
+    must get right)."""
+
+    def __init__(self, in_channels, image_size, num_classes, width=16):
+        super().__init__()
+        self.config = dict(in_channels=in_channels, image_size=image_size,
+                           num_classes=num_classes, width=width)
+        self.trunk = ConvTrunk(in_channels, image_size, width)
+        self.head = nn.Linear(self.trunk.dim, num_classes)
+
+    def forward(self, x):
+        return self.trunk(x * 2 - 1)
+
+    def logits(self, x):
+        return self.head(self(x))
+
+
+def train_domain_encoder(ds, steps, batch_size=64, lr=1e-3, seed=0, device="cpu"):
+    """Cross-entropy on the training images with the square's symmetries as augmentation."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    net = DomainEncoder(ds.images.shape[1], ds.images.shape[-1], len(ds.classes)).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    for _ in tqdm(range(steps), desc="domain encoder"):
+        i = torch.randint(0, len(ds), (batch_size,), generator=g)
+        x = data.augment(ds.images[i], g).to(device)
+        loss = F.cross_entropy(net.logits((x + 1) / 2), ds.labels[i].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def load_domain_encoder(path, device="cpu"):
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    net = DomainEncoder(**ckpt["config"])
+    net.load_state_dict(ckpt["weights"])
+    return net.eval().to(device)

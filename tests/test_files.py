@@ -80,14 +80,16 @@ FLOORS = {
     "baselines.gan": {"method"}, "baselines.stargan": {"method", "baselines.gan"},
     "baselines.cyclegan": {"files", "method", "baselines.gan"},
     "baselines.stylegan": {"method", "baselines", "baselines.gan"}, "baselines.phenex": set(),
-    "baselines.encoders": {"baselines.stylegan"}, "baselines.dino": {"method", "baselines"},
+    "baselines.encoders": {"baselines.stylegan", "data"}, "baselines.dino": {"method", "baselines"},
     "baselines.ganformer": {"method", "baselines"},
     "baselines.dsae": {"method", "baselines", "baselines.autoencoders"},
     "baselines.autoencoders": {"method", "baselines.gan"},
     "baselines.alae": {"method", "baselines", "baselines.autoencoders", "baselines.gan",
                        "baselines.stylegan"},
     "representation": {"features", "files", "method", "synthetic"},
-    "eval": {"data", "features", "files", "inception", "method", "plots", "representation"},
+    "eval": {"data", "features", "files", "inception", "method", "plots", "representation",
+             "reproduce"},  # reproduce: imported inside get_parser (it builds on eval)
+    "reproduce": {"baselines", "data", "demo", "eval", "files", "method", "plots"},
     "demo": {"data", "eval", "files", "plots"},
     "train": {"data", "eval", "files", "method", "plots"},
 }

@@ -1,0 +1,715 @@
+"""Reproduce both papers with one command: train what is missing, translate held-out untreated
+images with every method, and write every table and figure of the comparison into one report.
+
+    python eval.py reproduce --data synthetic --compounds latrunculin_b --preset cpu \
+        --out results/reproduce_latrunculin_b
+    python eval.py reproduce --data runs/real_sites/train.npz --test runs/real_sites/test.npz \
+        --ckpt phendiff=runs/real_phendiff ... --out results/reproduce_real
+
+Stages, each skipped when its output exists (a killed run continues where it stopped):
+  1. train     train.py per method at the preset's recorded command (or --ckpt method=path)
+  2. domain    the domain encoder of Table 1: a classifier of the training classes, held fixed
+               for all methods (none of the compared methods' own encoders)
+  3. outputs   each method's translations of the held-out control images to every class and its
+               reconstructions of held-out images of every class (arrays in --work)
+  4. features  cell features of everything scored (features.py), cached in --work
+  5. report    report.md with Table 1 (domain and Inception Frechet distance, bootstrap
+               intervals), Table 2, the counterfactual error (synthetic: the truth is known),
+               input preservation, Fig. 4, Fig. 2b (Golgi data), the second paper's Fig. 2
+Checkpoints and arrays go to --work (never committed); --out holds markdown, CSVs and small PNGs.
+"""
+import json
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+from tqdm import tqdm
+
+import data
+import eval as E
+import files
+import method as M
+import plots
+from baselines import encoders
+from demo import batched
+
+HERE = Path(__file__).resolve().parent
+# compared name -> (the run that trains it, translation options)
+COMPARED = {"phendiff": ("phendiff", {}), "stargan": ("stargan", {}),
+            "cyclegan": ("cyclegan", {}), "phenex-w": ("stylegan", {"projection": "w"}),
+            "phenex-w+": ("stylegan", {"projection": "w+"}), "dsae": ("dsae", {}),
+            "vae": ("vae", {}), "bigan": ("bigan", {}), "alae": ("alae", {}),
+            "dcvae": ("dcvae", {})}
+# preset -> run -> train.py flags: the recorded commands of the README's results (DSAE's parts: the
+# runs in --work or given by --ckpt)
+TRAIN = {
+    "cpu": {"phendiff": "--batch-size 32 --steps 2000", "stargan": "--batch-size 16 --steps 5000",
+            "cyclegan": "--batch-size 8 --steps 2000 --pairs DMSO:all",
+            "stylegan": "--batch-size 32 --steps 2000",
+            "dino": "--arch vit --batch-size 64 --steps 3000",
+            "ganformer": "--batch-size 32 --steps 1000",
+            "dsae": "--batch-size 32 --steps 300 --encoder {dino} --decoder {ganformer}",
+            "vae": "--batch-size 64 --steps 3000", "bigan": "--batch-size 64 --steps 2000",
+            "alae": "--batch-size 32 --steps 600", "dcvae": "--batch-size 64 --steps 2000"},
+    "paper": {"phendiff": "--batch-size 32 --steps 100000",
+              "stargan": "--batch-size 16 --steps 200000",
+              "cyclegan": "--batch-size 1 --steps 200000 --pairs DMSO:all",
+              "stylegan": "--batch-size 32 --steps 100000", "dino": "--arch vit --steps 125000",
+              "ganformer": "--batch-size 32 --steps 100000",
+              "dsae": "--batch-size 32 --steps 10000 --encoder {dino} --decoder {ganformer}",
+              "vae": "--batch-size 64 --steps 100000", "bigan": "--batch-size 64 --steps 100000",
+              "alae": "--batch-size 32 --steps 100000", "dcvae": "--batch-size 64 --steps 100000"},
+    "tiny": {k: "--batch-size 4 --steps 2" for k in ("phendiff", "stargan", "stylegan", "dino",
+                                                     "ganformer", "vae", "bigan", "alae", "dcvae")}
+    | {"cyclegan": "--batch-size 2 --steps 2 --pairs DMSO:all",
+       "dsae": "--batch-size 4 --steps 2 --encoder {dino} --decoder {ganformer}"},
+}
+SIZE = {"cpu": 32, "paper": 128, "tiny": 16}
+PROJECTION_STEPS = {"cpu": 500, "paper": 1000, "tiny": 2}
+DOMAIN_STEPS = {"cpu": 1500, "paper": 10000, "tiny": 10}
+GOLGI_FEATURE = "golgi_area_mean"
+FLOOR = "real (training images)"
+
+
+def to_train(methods, given):
+    """The runs to train: those of the methods without a checkpoint in `given`, parts first (DSAE:
+    its encoder and decoder)."""
+    runs = [COMPARED[m][0] for m in methods if m not in given and COMPARED[m][0] not in given]
+    if "dsae" in runs:
+        runs = [r for r in ("dino", "ganformer") if r not in given] + runs
+    return list(dict.fromkeys(runs))
+
+# -----------------------------------------------------------------------------
+# Stage bookkeeping
+
+
+class Stages:
+    """Wall time of each stage in WORK/stages.json, kept across resumed invocations."""
+
+    def __init__(self, work):
+        self.path = Path(work) / "stages.json"
+        self.times = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def run(self, name, fn, done):
+        if done():
+            print(f"[skip] {name}: done in an earlier run")
+            return
+        print(f"[run] {name}")
+        t0 = time.perf_counter()
+        fn()
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+        self.path.write_text(json.dumps(self.times, indent=1))
+
+# -----------------------------------------------------------------------------
+# 1. training
+
+
+def train_command(a, run):
+    """train.py's argument list for one run at the preset, on --data."""
+    src = (f"--data synthetic --kind {a.kind} --n-per-class {a.train_n}" if a.synthetic
+           else f"--data {a.data} --fit {a.fit}")
+    if a.compounds:
+        src += " --compounds " + " ".join(a.compounds)
+    method = f"--method {run} --preset {a.preset}"
+    parts = {r: a.given.get(r) or f"{a.work}/{r}" for r in ("dino", "ganformer")}
+    flags = TRAIN[a.preset][run].format(**parts)
+    return (f"{method} {src} --image-size {a.image_size} {flags} --ckpt-every 500 "
+            f"--sample-every 0 --seed {a.seed} --device {a.train_device} --out {a.work}/{run}")
+
+
+def train(a, run):
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}"] \
+        if a.nproc > 1 else []
+    cmd = [sys.executable, *launch, str(HERE / "train.py"), *train_command(a, run).split()]
+    folder = Path(a.work) / run
+    if folder.exists() and any(folder.iterdir()):
+        cmd.append("--resume")  # a killed run continues from its last checkpoint
+    if subprocess.run(cmd).returncode != 0:
+        raise ValueError(f"training {run} failed; see the messages above (run folder {folder}; "
+                         "rerun the same command to continue)")
+    (folder / "DONE").touch()
+
+# -----------------------------------------------------------------------------
+# 2. evaluation images, each method's outputs
+
+
+def evaluation_sets(a, normalization=None):
+    """(train, test, truth): the training images (for the floors), the held-out images and, on
+    synthetic data, the ground truth: truth[k] = the control inputs' own fields under class k."""
+    if a.synthetic:
+        kw = dict(kind=a.kind, image_size=a.image_size, compounds=a.compounds)
+        tr = data.synthetic_dataset(n_per_class=a.train_n, seed=a.seed, **kw)
+        te = data.synthetic_dataset(n_per_class=a.n, seed=a.seed + 1, **kw)
+        paired = data.synthetic_dataset(n_per_class=a.n, seed=a.seed + 1, paired=True, **kw)
+        truth = torch.stack([paired.images[paired.labels == k] for k in range(len(te.classes))])
+        assert torch.equal(truth[0], te.images[te.labels == 0]), "pairing: image i = same field"
+        return tr, te, truth
+    tr = data.load_dataset(a.data, a.image_size, fit=a.fit, compounds=a.compounds,
+                           normalization=normalization)
+    te = data.load_dataset(a.test, a.image_size, fit=a.fit, compounds=a.compounds,
+                           normalization=tr.normalization)
+    if te.classes != tr.classes:
+        raise ValueError(f"--test has classes {te.classes}, --data {tr.classes}: they must match")
+    return tr, te, None
+
+
+def inputs_of(a, te):
+    """The held-out control images translated by every method, and the images reconstructed."""
+    control = te.images[te.labels == 0]
+    x = control[torch.linspace(0, len(control) - 1, min(a.n, len(control))).long()]  # all sites
+    step = max(1, len(te) // a.n_recon)
+    pick = torch.arange(0, len(te), step)[:a.n_recon]
+    return x, te.images[pick], te.labels[pick]
+
+
+def method_outputs(a, name, path, te):
+    """Translations (classes, N, C, H, W) of the control inputs, reconstructions per variant."""
+    options = dict(COMPARED[name][1])
+    if "projection" in options:
+        options["projection_steps"] = a.projection_steps or PROJECTION_STEPS[a.preset]
+    ckpt, variants = E.load_variants(path, a.device, a.ddim_steps, a.fixed_point_iters,
+                                     options.get("projection"), options.get("projection_steps"))
+    if ckpt["classes"] != te.classes:
+        raise ValueError(f"{name} ({path}) was trained on classes {ckpt['classes']}, the "
+                         f"evaluation data has {te.classes}: train it on the same data")
+    norm = ckpt.get("normalization")
+    if not a.synthetic and norm and not np.allclose(norm["high"], te.normalization["high"]):
+        raise ValueError(f"{name} ({path}) normalised its training images otherwise than --data "
+                         "(another file or --fit?): train it on the same data")
+    net = next(iter(variants.values()))
+    x, xr, yr = inputs_of(a, te)
+    k = len(te.classes)
+    y = batched(lambda xb: net.translate_many(xb, 0, range(k)), [x], a,
+                desc=f"{name}: translate to {k} classes")
+    rec = {v: batched(m.reconstruct, [xr, yr], a) for v, m in variants.items()}
+    return {"translations": y, "reconstructions": rec, "describe": net.describe(),
+            "step": ckpt.get("step"), "normalization": ckpt.get("normalization")}
+
+
+def identity_outputs(a, te):
+    """Doing nothing: every translation is its input. The floor every method should beat."""
+    x, xr, _ = inputs_of(a, te)
+    return {"translations": x.expand(len(te.classes), *x.shape).clone(),
+            "reconstructions": {"the input itself": xr}, "describe": "returns its input",
+            "step": None, "normalization": None}
+
+# -----------------------------------------------------------------------------
+# 3. scores
+
+
+def feature_rows(images, ds, workers):
+    """(N, F) cell features of images in [-1, 1] and the feature names."""
+    kw = dict(golgi_channel=ds.channels.index("golgi") if "golgi" in ds.channels else None,
+              nuclei_channel=ds.channels.index("dna") if "dna" in ds.channels else 0)
+    table = E.feature_table(((images + 1) / 2).numpy(), workers=workers, **kw)
+    return np.stack(list(table.values()), 1), list(table)
+
+
+def feature_distance_rows(f1, f2, scale):
+    """Per-image RMS over features of (f1 - f2) / scale; features nan on a side left out."""
+    d = (f1 - f2) / scale
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.nanmean(d ** 2, 1))
+
+
+def psnr(x, y):
+    return E.reconstruction_error(x, y)["psnr"]
+
+
+def own_and_other(dist, share_closer_if_smaller):
+    """Mean distance to the own reference, to another one (the next), share closer to the own:
+    dist(shift) gives per-image distances to the references rolled by shift."""
+    own, other = dist(0), dist(1)
+    closer = own < other if share_closer_if_smaller else own > other
+    return float(np.nanmean(own)), float(np.nanmean(other)), float(closer.mean())
+
+
+def score(a, out, te, tr, truth, outputs, feats, names):
+    """Every table and figure from the saved outputs and features: the report's sections."""
+    classes, k = te.classes, len(te.classes)
+    targets = list(range(1, k))
+    x, xr, _ = inputs_of(a, te)
+    cells = lambda key: feats[f"cells_{key}"]  # noqa: E731
+    real_cells = [cells(f"test_{c}") for c in range(k)]
+    scale = np.nanstd(np.concatenate(real_cells), 0)
+    scale[~(scale > 0)] = np.nan  # a constant or absent feature is left out of every distance
+    sec = {}
+
+    # Table 1: Frechet distance of translated vs real images of each target class
+    spaces = ["domain"] + (["inception"] if a.inception_weights else [])
+    rows1 = []
+    for space in spaces:
+        for m in [*outputs, FLOOR]:  # the floor: real training images of the target class
+            for t in targets:
+                fake, real = feats[f"{space}_{'train' if m == FLOOR else m}_{t}"], \
+                    feats[f"{space}_test_{t}"]
+                rows1.append([space, m, classes[t], len(fake), len(real),
+                              *E.frechet_bootstrap(fake, real, a.boot, a.seed)])
+    sec["table1"] = rows1
+    E.write_csv(out / "table1.csv", ["features", "method", "class", "n_translated", "n_real",
+                                     "frechet", "low", "high"], rows1)
+
+    # Table 2: reconstruction of held-out images of every class
+    trivial = tr.images.mean(0).expand_as(xr)
+    recs = {(m, v): r for m, o in outputs.items() for v, r in o["reconstructions"].items()
+            if m != "identity"} | {("mean training image", "trivial"): trivial}
+    sec["table2"] = []
+    for (m, v), r in recs.items():
+        e = E.reconstruction_error(xr, r)
+        sec["table2"].append([m, v, len(xr), e["l2"].mean(), e["l2"].std(), e["mse"].mean(),
+                              e["psnr"].mean()])
+    E.write_csv(out / "table2.csv", ["method", "variant", "n", "l2_mean", "l2_std", "mse",
+                                     "psnr"], sec["table2"])
+
+    # input preservation: own input vs another input, in pixels and cell features
+    rows = []
+    for m, o in outputs.items():
+        for t in targets:
+            y, fy = o["translations"][t], cells(f"{m}_{t}")
+            px = own_and_other(lambda s: psnr(x.roll(s, 0), y), False)
+            ft = own_and_other(lambda s: feature_distance_rows(np.roll(cells("input"), s, 0), fy,
+                                                               scale), True)
+            rows.append([m, classes[t], *px, *ft])
+    sec["preservation"] = rows
+    E.write_csv(out / "preservation.csv", ["method", "target", "psnr_own", "psnr_other",
+                                           "closer_pixels", "feature_dist_own",
+                                           "feature_dist_other", "closer_features"], rows)
+
+    # counterfactual error against the truth (synthetic data only)
+    if truth is not None:
+        rows = []
+        for m, o in outputs.items():
+            for t in targets:
+                y, fy = o["translations"][t], cells(f"{m}_{t}")
+                px = own_and_other(lambda s: psnr(truth[t].roll(s, 0), y), False)
+                ft = own_and_other(lambda s: feature_distance_rows(
+                    np.roll(cells(f"truth_{t}"), s, 0), fy, scale), True)
+                rows.append([m, classes[t], files.parse_class(classes[t])[1], *px, *ft])
+        sec["counterfactual"] = rows
+        E.write_csv(out / "counterfactual.csv", ["method", "target", "concentration_uM",
+                                                 "psnr_own_truth", "psnr_other_truth",
+                                                 "closer_pixels", "feature_dist_own_truth",
+                                                 "feature_dist_other_truth", "closer_features"],
+                    rows)
+        plots.counterfactual(rows, out / "counterfactual.png")
+
+    # Fig. 4 (across doses) and the effect correlation (across features; any number of classes)
+    real_means = np.stack([np.nanmean(f, 0) for f in real_cells])
+    groups = {g: [classes.index(c) for c in cs] for g, cs in files.compounds(classes).items()
+              if g != "DMSO" and len(cs) >= 3}
+    conc = {g: np.array([files.parse_class(classes[c])[1] for c in cs]) for g, cs in groups.items()}
+    fig4, rows = {}, []
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a feature absent from every image: nan
+        for m, o in outputs.items():
+            if m == "identity":  # untranslated: constant means, every r undefined
+                continue
+            fake_means = np.stack([np.nanmean(cells(f"{m}_{t}"), 0) for t in targets])
+            fake_means = np.concatenate([np.nanmean(cells("input"), 0)[None], fake_means])
+            r = {g: np.array([E.pearson(real_means[cs, j], fake_means[cs, j])
+                              for j in range(len(names))]) for g, cs in groups.items()}
+            varying = {g: np.array([abs(E.spearman(conc[g], real_means[cs, j])) >= 0.8
+                                    for j in range(len(names))]) for g, cs in groups.items()}
+            fig4[m] = np.concatenate([r[g][varying[g]] for g in groups]) if groups else np.array([])
+            effect = [E.pearson((real_means[t] - real_means[0]) / scale,
+                                (fake_means[t] - fake_means[0]) / scale) for t in targets]
+            rows.append([m, float(np.nanmedian(fig4[m])) if np.isfinite(fig4[m]).any() else np.nan,
+                         int(np.isfinite(fig4[m]).sum()), effect[-1], float(np.nanmean(effect))
+                         if np.isfinite(effect).any() else np.nan])
+    sec["fig4"], sec["by_dose"] = rows, bool(groups)  # by dose: compounds with >= 3 doses
+    E.write_csv(out / "fig4.csv", ["method", "median_r_dose_varying", "n_features",
+                                   "effect_r_top_target", "effect_r_mean"], rows)
+    if groups:
+        plots.fig4_methods(fig4, out / "fig4.png")
+
+    # Fig. 2b: Welch t-test of the Golgi area (and the other Golgi features), real control vs
+    # real treated and vs each method's translations (identity: the test must then fail)
+    golgi = sorted((f for f in names if f.startswith("golgi_")), key=lambda f: f != GOLGI_FEATURE)
+    if golgi:
+        rows, boxes = [], []
+        for f in golgi:
+            j = names.index(f)
+            base = real_cells[0][:, j][np.isfinite(real_cells[0][:, j])]
+            for src, v in [("real", real_cells[-1][:, j])] + [
+                    (m, cells(f"{m}_{k - 1}")[:, j]) for m in outputs]:
+                v = v[np.isfinite(v)]
+                t, p = (stats.ttest_ind(base, v, equal_var=False) if min(len(v), len(base)) > 1
+                        else (np.nan, np.nan))
+                rows.append([f, src, len(base), len(v), np.mean(base) if len(base) else np.nan,
+                             np.mean(v) if len(v) else np.nan, t, p])
+                boxes += [(f"{src}\n{classes[-1]}", v)] if f == GOLGI_FEATURE else []
+        sec["fig2b"] = rows
+        E.write_csv(out / "fig2b.csv", ["feature", "treated_images", "n_control", "n_treated",
+                                        "control_mean", "treated_mean", "t", "p"], rows)
+        control = real_cells[0][:, names.index(GOLGI_FEATURE)]
+        plots.boxes([(f"real\n{classes[0]}", control[np.isfinite(control)])] + boxes,
+                    GOLGI_FEATURE, f"real {classes[0]} vs real and translated {classes[-1]}",
+                    out / "fig2b.png")
+    return sec
+
+# -----------------------------------------------------------------------------
+# the pipeline
+
+
+def parse_ckpts(items):
+    """--ckpt NAME=PATH (a compared method or a run: stylegan serves phenex-w and phenex-w+)."""
+    known = set(COMPARED) | set(to_train(COMPARED, {}))
+    given = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"--ckpt {item!r}: write NAME=PATH with NAME one of "
+                             f"{', '.join(sorted(known))}")
+        if not Path(path).exists():
+            raise ValueError(f"--ckpt {item!r}: {path} does not exist")
+        given[name] = Path(path)
+    return given
+
+
+def features_of(a, key, images, ds, domain, inception):
+    """Cell, domain-encoder and (with weights) Inception features of one image set, cached."""
+    path = Path(a.work) / "features" / f"{key}.npz"
+    if path.exists():
+        return dict(np.load(path))
+    f = {"cells": feature_rows(images, ds, a.workers)[0],
+         "domain": E.encode((images + 1) / 2, domain, a.batch_size, a.device)}
+    if inception is not None:
+        f["inception"] = E.encode((images + 1) / 2, inception, a.batch_size, a.device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path.with_suffix(".tmp.npz"), **f)
+    Path(path.with_suffix(".tmp.npz")).replace(path)
+    return f
+
+
+def run(a):
+    """The whole reproduction; every stage resumable."""
+    t_start = time.perf_counter()
+    a.synthetic = a.data in ("synthetic", "synthetic-golgi")
+    a.image_size = a.image_size or SIZE[a.preset]
+    a.kind = "golgi" if a.data == "synthetic-golgi" else a.kind
+    if not a.synthetic and not a.test:
+        raise ValueError("real data needs --test: held-out images of whole sites, e.g. "
+                         "`python data.py sites --data X.npz --test B02_s1 B03_s4 --out DIR` "
+                         "writes DIR/train.npz and DIR/test.npz")
+    unknown = [m for m in a.methods if m not in COMPARED]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(COMPARED)}")
+    given = a.given = parse_ckpts(a.ckpt)
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()) and not (out / "reproduce.json").exists():
+        raise ValueError(f"--out {out} holds files of something else; choose a new folder (the "
+                         "folder of an earlier reproduce continues it)")
+    a.work = str(a.work or Path("runs") / out.name)
+    out.mkdir(parents=True, exist_ok=True)
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    (out / "reproduce.json").write_text(json.dumps({"argv": a.argv}, indent=1))
+    stages = Stages(a.work)
+
+    # 1. train what is not given
+    trained = to_train(a.methods, given)
+    for r in trained:
+        stages.run(f"train {r}", lambda r=r: train(a, r),
+                   lambda r=r: (Path(a.work) / r / "DONE").exists())
+    paths = {m: given.get(m) or given.get(COMPARED[m][0]) or Path(a.work) / COMPARED[m][0]
+             for m in a.methods}
+
+    # 2. evaluation images and the domain encoder
+    first = M.load_checkpoint(M.checkpoint_path(paths[a.methods[0]]))
+    tr, te, truth = evaluation_sets(a, None if a.synthetic else first.get("normalization"))
+    dpath = Path(a.work) / "domain_encoder.pt"
+
+    def domain_stage():
+        net = encoders.train_domain_encoder(tr, DOMAIN_STEPS[a.preset], seed=a.seed,
+                                            device=a.device)
+        M.save_checkpoint({"config": net.config, "weights": net.state_dict()}, dpath)
+    stages.run("domain encoder", domain_stage, dpath.exists)
+    domain = encoders.load_domain_encoder(dpath, a.device)
+    inception = E.load_inception(a.inception_weights, a.device) if a.inception_weights else None
+
+    # 3. every method's outputs, and doing nothing
+    outputs = {}
+    for m in a.methods:
+        p = Path(a.work) / "outputs" / f"{m}.pt"
+        def outputs_stage(m=m, p=p):
+            M.save_checkpoint(method_outputs(a, m, paths[m], te), p)
+            for f in (Path(a.work) / "features").glob(f"{m}_*.npz"):
+                f.unlink()  # features of earlier outputs
+        stages.run(f"outputs {m}", outputs_stage, p.exists)
+        outputs[m] = torch.load(p, weights_only=True)
+    outputs["identity"] = identity_outputs(a, te)
+
+    # 4. features of every image set, cached set by set
+    x = inputs_of(a, te)[0]
+    sets, g = {"input": x}, torch.Generator().manual_seed(a.seed)
+    for c in range(len(te.classes)):
+        sets[f"test_{c}"] = te.images[te.labels == c]
+        own = tr.images[tr.labels == c]
+        sets[f"train_{c}"] = own[torch.randperm(len(own), generator=g)[:len(x)]]  # as many as
+        # the translations: a Frechet distance's bias depends on the counts
+        if c:
+            sets |= {f"{m}_{c}": o["translations"][c] for m, o in outputs.items()}
+            if truth is not None:
+                sets[f"truth_{c}"] = truth[c]
+    feats = {}
+
+    def feature_stage():
+        for key, images in tqdm(sets.items(), desc="features"):
+            feats.update({f"{kind}_{key}": v for kind, v in
+                          features_of(a, key, images, te, domain, inception).items()})
+    stages.run("features", feature_stage, lambda: False)  # cached per set: a rerun only reads
+
+    # 5. the report; the second paper's Fig. 2 for the methods that decode
+    sec = score(a, out, te, tr, truth, outputs, feats, feature_rows(x[:1], te, 1)[1])
+    decoding = [m for m in a.methods if m in ("dsae", "vae", "bigan", "alae", "dcvae")]
+    if decoding:
+        stages.run("the second paper's Fig. 2", lambda: represent(a, [paths[m] for m in decoding],
+                                                                  out / "fig2"),
+                   (out / "fig2" / "representation.md").exists)
+    sec["domain_accuracy"], sec["domain_dim"] = domain_accuracy(domain, te, a), domain.trunk.dim
+    commands = {r: "python train.py " + train_command(a, r) for r in trained}
+    write_report(a, out, te, outputs, sec, commands, given, stages.times,
+                 time.perf_counter() - t_start)
+    print(f"wrote {out}/report.md")
+
+
+def domain_accuracy(net, te, a):
+    """Held-out accuracy of the domain encoder's classifier: how well its space tells classes
+    apart."""
+    with torch.no_grad():
+        pred = torch.cat([net.logits((xb.to(a.device) + 1) / 2).argmax(1).cpu()
+                          for xb in te.images.split(a.batch_size)])
+    return float((pred == te.labels).float().mean())
+
+
+def represent(a, paths, folder):
+    """The second paper's Fig. 2 and Fig. 3 (eval.py represent) on the held-out data."""
+    argv = ["represent", "--ckpt", *map(str, paths), "--out", str(folder), "--device", a.device,
+            "--overwrite"]
+    if a.synthetic:
+        argv += ["--data", a.data, "--n-per-class", str(a.represent_n), "--seed", str(a.seed + 1)]
+        argv += ["--compounds", *a.compounds] if a.compounds else []
+    else:
+        argv += ["--data", a.test]
+    E.cmd_represent(E.get_parser().parse_args(argv))
+
+# -----------------------------------------------------------------------------
+# report.md
+
+
+def machine():
+    gpu = (f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU")
+    return (f"{platform.machine()} CPU, {torch.get_num_threads()} threads of "
+            f"{__import__('os').cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def md_table(header, rows):
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
+def by_target(rows, col, fmt, targets):
+    """{method: [formatted value per target]} from rows [method, target, ...]."""
+    table = {}
+    for r in rows:
+        table.setdefault(r[0], {})[r[1]] = fmt(r[col])
+    return [[m, *(v.get(t, "") for t in targets)] for m, v in table.items()]
+
+
+def summary(sec, top):
+    """One row per method: the headline of each section below."""
+    rows = {}
+    for space, m, _, _, _, d, _, _ in sec["table1"]:
+        if space == "domain":
+            rows.setdefault(m, {}).setdefault("fd", []).append(d)
+    for m, v, _, _, _, _, p in sec["table2"]:
+        rows.setdefault(m, {}).setdefault("psnr", p)  # the first variant (PhenDiff: plain eq. 6)
+    for r in sec.get("counterfactual", []):
+        if r[1] == top:
+            rows[r[0]]["truth"] = f"{r[3]:.1f} dB / {r[6]:.2f}"
+    for r in sec["preservation"]:
+        if r[1] == top:
+            rows[r[0]]["own"] = f"{r[4]:.0%}"
+    for m, med, _, e, _ in sec["fig4"]:
+        rows[m]["fig4"] = f"{med:.2f} / {e:.2f}" if sec["by_dose"] else f"{e:.2f}"
+    header = ["method", "Table 1: domain FD, mean over targets", "Table 2: PSNR (dB)"]
+    header += [f"truth at {top}: PSNR / feature distance"] if "counterfactual" in sec else []
+    header += [f"closer to own input at {top}",
+               "Fig. 4: median r / effect r at the top" if sec["by_dose"] else "effect r"]
+    table = [[m, f"{np.mean(v['fd']):.2f}" if "fd" in v else "",
+              f"{v['psnr']:.1f}" if "psnr" in v else "",
+              *([v.get("truth", "")] if "counterfactual" in sec else []), v.get("own", ""),
+              v.get("fig4", "")] for m, v in rows.items()]
+    return ["", "## Summary", "", "Each column is the headline of a section below (lower FD and "
+            "feature distance are better, higher PSNR, share and r).", "",
+            *md_table(header, table)]
+
+
+def write_report(a, out, te, outputs, sec, commands, given, times, wall):
+    classes = te.classes
+    targets = classes[1:]
+    short = [files.parse_class(c)[1] if files.parse_class(c)[1] else c for c in targets]
+    head = [f"{s:g} µM" if isinstance(s, float) else s for s in short]
+    x_n = len(outputs["identity"]["translations"][0])
+    lines = [f"# Reproduction: {len(outputs) - 1} methods on {a.data}", "",
+             f"Machine: {machine()}. Preset `{a.preset}`. Wall time of this invocation "
+             f"{wall / 60:.1f} min; stages, summed over invocations (a killed run resumes): "
+             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + ".", "",
+             f"Command: `python eval.py {' '.join(a.argv)}`",
+             "",
+             f"Held-out data: {len(te)} images of {len(classes)} classes "
+             + ("(synthetic benchmark, seed "
+                f"{a.seed + 1}; the methods trained on seed {a.seed})" if a.synthetic else
+                f"(`{a.test}`: sites held out from training)")
+             + f"; {x_n} {classes[0]} images are translated to every class by each method; "
+             f"{len(next(iter(outputs['identity']['reconstructions'].values())))} images of all "
+             "classes are reconstructed. `identity` returns its input: the floor of every "
+             "measure of change.", "", "## Methods", ""]
+    rows = [[m, f"`{given.get(m) or given.get(COMPARED[m][0]) or Path(a.work) / COMPARED[m][0]}`",
+             o["step"], o["describe"]] for m, o in outputs.items() if m != "identity"]
+    lines += md_table(["method", "checkpoint", "step", "translation"], rows)
+    if commands:
+        lines += ["", "Trained by these commands (`--work` holds the runs):", "", "```bash",
+                  *commands.values(), "```"]
+    lines += summary(sec, targets[-1])
+    acc = sec["domain_accuracy"]
+    lines += ["", "## Table 1: Fréchet distance of translated vs real images, per target class",
+              "",
+              "Features of the domain encoder: a classifier of the training classes (StyleGAN2 "
+              f"discriminator trunk, {sec['domain_dim']}-d pooled features, "
+              f"{DOMAIN_STEPS[a.preset]} steps), held fixed for every method; it tells the "
+              "held-out images' classes apart "
+              f"{acc:.0%} of the time (chance {1 / len(classes):.0%}). Each cell: the distance of "
+              "the translations to the held-out real images of the class, and in brackets the "
+              f"basic bootstrap interval (95 %, {a.boot} resamples), which corrects the upward "
+              "bias of a Fréchet distance on few images. Images per set: "
+              + ", ".join(sorted({f"{r[3]} translated vs {r[4]} real" for r in sec["table1"]}))
+              + f". `{FLOOR}`: images of the class from the training set, what a perfect "
+              "translation would score.", ""]
+    for space in ("domain", "inception"):
+        rows = [r for r in sec["table1"] if r[0] == space]
+        if not rows:
+            lines += ["InceptionV3 FID: not computed (give `--inception-weights`; the weights "
+                      "cannot be downloaded here).", ""]
+            continue
+        fmt = [[r[1], r[2], f"{r[5]:.2f} [{max(r[6], 0):.2f}, {r[7]:.2f}]"] for r in rows]
+        table = by_target([[m, t, v] for m, t, v in fmt], 2, str, targets)
+        means = {m: np.mean([r[5] for r in rows if r[1] == m])
+                 for m in dict.fromkeys(r[1] for r in rows)}
+        lines += [f"**{space}**", "", *md_table(["method", *head, "mean"],
+                                                 [[*r, f"{means[r[0]]:.2f}"] for r in table]), ""]
+    lines += ["## Table 2: reconstruction of held-out images", "",
+              "Each image translated to its own class. L2: per-image Euclidean distance in model "
+              "units [-1, 1] (the paper's measure); MSE and PSNR on [0, 1]. The mean training "
+              "image "
+              "is the trivial reconstruction.", ""]
+    lines += md_table(["method", "variant", "n", "L2 (mean ± sd)", "MSE", "PSNR (dB)"],
+                      [[m, v, n, f"{l2:.3f} ± {sd:.3f}", f"{mse:.2e}", f"{p:.1f}"]
+                       for m, v, n, l2, sd, mse, p in sec["table2"]])
+    if "counterfactual" in sec:
+        rows = sec["counterfactual"]
+        lines += ["", "## Is it this cell's response? Error against the truth", "",
+                  "The synthetic benchmark renders the same fields under every dose, so each "
+                  "translation has a true answer: its own field at the target dose. PSNR of the "
+                  "translation to that truth (higher is better), then the distance of its cell "
+                  "features to the truth's (RMS over features scaled by their spread in real "
+                  "images; lower is better). `identity` (doing nothing) is the floor to beat.", "",
+                  "**PSNR to the own truth (dB)**", ""]
+        lines += md_table(["method", *head], by_target(rows, 3, "{:.1f}".format, targets))
+        lines += ["", "**feature distance to the own truth**", ""]
+        lines += md_table(["method", *head], by_target(rows, 6, "{:.2f}".format, targets))
+        lines += ["", "**closer to the own truth than to another field's truth (pixels / "
+                  "features)**: a sampler that ignores its input is not", ""]
+        lines += md_table(["method", *head], by_target(
+            [[r[0], r[1], f"{r[5]:.0%} / {r[8]:.0%}"] for r in rows], 2, str, targets))
+        lines += ["", "![](counterfactual.png)"]
+    lines += ["", "## Does a translation keep its input? (shuffled-input control)", "",
+              f"Each translation to the top class ({targets[-1]}) against its own input and "
+              "against another input (the next one), in pixels and in cell features; then the "
+              "share of images closer to their own input, over all targets.", ""]
+    top = [r for r in sec["preservation"] if r[1] == targets[-1]]
+    share = {m: np.mean([r[4] for r in sec["preservation"] if r[0] == m]) for m in outputs}
+    lines += md_table(["method", "PSNR own / other (dB)", "closer (pixels)",
+                       "feature dist own / other", "closer (features)",
+                       "closer (pixels), all targets"],
+                      [[m, f"{po:.1f} / {pt:.1f}", f"{pc:.0%}", f"{fo:.2f} / {ft:.2f}",
+                        f"{fc:.0%}", f"{share[m]:.0%}"] for m, _, po, pt, pc, fo, ft, fc in top])
+    lines += ["", "## Fig. 4: do translated features follow the real ones?", "",
+              "Median Pearson r across doses between real and translated per-class feature means, "
+              "over the features whose real means follow dose (|Spearman ρ| ≥ 0.8); effect r: "
+              "Pearson r across features between the real effect (class mean − control mean) and "
+              "the translated one (translations' mean − inputs' mean), features scaled by their "
+              "spread, at the top class and averaged over classes.", ""]
+    by_dose = sec["by_dose"]
+    lines += md_table(["method", *(["median r (dose-varying)", "features"] if by_dose else []),
+                       "effect r (top)", "effect r (mean)"],
+                      [[m, *([f"{r:.2f}", n] if by_dose else []), f"{e:.2f}", f"{em:.2f}"]
+                       for m, r, n, e, em in sec["fig4"]])
+    if by_dose:
+        lines += ["", "![](fig4.png)"]
+    if "fig2b" in sec:
+        lines += ["", f"## Fig. 2b: t-test on the Golgi area (`{GOLGI_FEATURE}`)", "",
+                  f"Welch t-test of each Golgi feature, real {classes[0]} against real "
+                  f"{classes[-1]} and against each method's translations of {classes[0]} images "
+                  f"to {classes[-1]} (`identity`: untranslated, the test must find nothing).", ""]
+        lines += md_table(["feature", "treated images", "n", f"{classes[0]} mean",
+                           "treated mean", "t", "p"],
+                          [[f, s, f"{n0} / {n1}", f"{ma:.2f}", f"{mb:.2f}", f"{t:.2f}",
+                            f"{p:.2g}"] for f, s, n0, n1, ma, mb, t, p in sec["fig2b"]])
+        lines += ["", "![](fig2b.png)"]
+    if (out / "fig2" / "representation.md").exists():
+        lines += ["", "## The second paper's Fig. 2 and Fig. 3", "",
+                  "Feature F1 against reconstruction for the methods that decode, with floors: "
+                  "[fig2/representation.md](fig2/representation.md), ![](fig2/fig2.png)"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def add_arguments(p):
+    """The flags of `eval.py reproduce` (it adds --device, --inception-weights, --batch-size)."""
+    p.add_argument("--data", default="synthetic",
+                   help="synthetic | synthetic-golgi | training images (npz, class folders)")
+    p.add_argument("--test", help="real data: the held-out images (whole sites; data.py sites)")
+    p.add_argument("--kind", default="bbbc021", choices=["bbbc021", "golgi"])
+    p.add_argument("--compounds", nargs="+", help="keep DMSO and these compounds (default: all)")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=list(COMPARED),
+                   help=f"comma-separated (default all: {','.join(COMPARED)})")
+    p.add_argument("--ckpt", action="append", metavar="NAME=PATH",
+                   help="use this run instead of training it (repeat); NAME a method or a run: "
+                        "stylegan (both PhenEx), dino, ganformer")
+    p.add_argument("--preset", default="cpu", choices=list(TRAIN),
+                   help="the recorded training commands (%(default)s)")
+    p.add_argument("--out", required=True, help="report folder: markdown, CSVs, small PNGs")
+    p.add_argument("--work", help="runs, outputs, features (default runs/<name of --out>)")
+    p.add_argument("--image-size", type=files.integer(8),
+                   help="default by preset: " + ", ".join(f"{k} {v}" for k, v in SIZE.items()))
+    p.add_argument("--nproc", type=files.integer(1), default=1,
+                   help="processes (GPUs) per training run: torchrun when > 1 (%(default)s)")
+    p.add_argument("--fit", default="resize", choices=["crop", "resize"],
+                   help="real images larger than --image-size (%(default)s)")
+    p.add_argument("--train-n", type=files.integer(2), default=400,
+                   help="synthetic training images per class (%(default)s)")
+    p.add_argument("--n", type=files.integer(3), default=64,
+                   help="held-out images per class, control inputs included (%(default)s)")
+    p.add_argument("--n-recon", type=files.integer(1), default=32,
+                   help="held-out images reconstructed (%(default)s)")
+    p.add_argument("--represent-n", type=files.integer(10), default=200,
+                   help="synthetic images per class of the second paper's Fig. 2 (%(default)s)")
+    p.add_argument("--boot", type=files.integer(10), default=200,
+                   help="bootstrap resamples of each Frechet distance (%(default)s)")
+    p.add_argument("--ddim-steps", type=files.integer(1), default=50,
+                   help="phendiff: DDIM steps each way (%(default)s)")
+    p.add_argument("--fixed-point-iters", type=files.integer(0), default=5,
+                   help="phendiff: iterations of the exact-inversion row (%(default)s)")
+    p.add_argument("--projection-steps", type=files.integer(1),
+                   help="PhenEx: projection steps per image (default by preset: "
+                        + ", ".join(f"{k} {v}" for k, v in PROJECTION_STEPS.items()) + ")")
+    p.add_argument("--workers", type=files.integer(1), default=2,
+                   help="processes for cell features")
+    p.add_argument("--train-device", default="auto", help="train.py --device (%(default)s)")
+    p.add_argument("--seed", type=int, default=0)
