@@ -188,13 +188,14 @@ def image_rows(rows, path, k=8):
     return _save(fig, path, dpi=100)
 
 
-def boxes(groups, ylabel, title, path):
-    """Box plots of named value sets (Fig. 2b)."""
+def boxes(groups, ylabel, title, path, log=False):
+    """Box plots of named value sets (Fig. 2b); log: a log scale, for sets far apart."""
     fig = Figure(figsize=(1.4 * len(groups) + 1, 3.5))
     ax = fig.subplots()
     ax.boxplot([v for _, v in groups])
     ax.set_xticks(range(1, len(groups) + 1), [n for n, _ in groups], fontsize=7)
     ax.set_ylabel(ylabel)
+    ax.set_yscale("log" if log else "linear")
     ax.set_title(title, fontsize=8)
     return _save(fig, path, dpi=100)
 

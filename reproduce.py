@@ -230,127 +230,128 @@ def own_and_other(dist, share_closer_if_smaller):
     return float(np.nanmean(own)), float(np.nanmean(other)), float(closer.mean())
 
 
-def score(a, out, te, tr, truth, outputs, feats, names):
-    """Every table and figure from the saved outputs and features: the report's sections."""
-    classes, k = te.classes, len(te.classes)
-    targets = list(range(1, k))
-    x, xr, _ = inputs_of(a, te)
-    cells = lambda key: feats[f"cells_{key}"]  # noqa: E731
-    real_cells = [cells(f"test_{c}") for c in range(k)]
-    scale = np.nanstd(np.concatenate(real_cells), 0)
-    scale[~(scale > 0)] = np.nan  # a constant or absent feature is left out of every distance
-    sec = {}
-
-    # Table 1: Frechet distance of translated vs real images of each target class
-    spaces = ["domain"] + (["inception"] if a.inception_weights else [])
-    rows1 = []
-    for space in spaces:
-        for m in [*outputs, FLOOR]:  # the floor: real training images of the target class
-            for t in targets:
-                fake, real = feats[f"{space}_{'train' if m == FLOOR else m}_{t}"], \
-                    feats[f"{space}_test_{t}"]
-                rows1.append([space, m, classes[t], len(fake), len(real),
-                              *E.frechet_bootstrap(fake, real, a.boot, a.seed)])
-    sec["table1"] = rows1
-    E.write_csv(out / "table1.csv", ["features", "method", "class", "n_translated", "n_real",
-                                     "frechet", "low", "high"], rows1)
-
-    # Table 2: reconstruction of held-out images of every class
-    trivial = tr.images.mean(0).expand_as(xr)
-    recs = {(m, v): r for m, o in outputs.items() for v, r in o["reconstructions"].items()
-            if m != "identity"} | {("mean training image", "trivial"): trivial}
-    sec["table2"] = []
-    for (m, v), r in recs.items():
-        e = E.reconstruction_error(xr, r)
-        sec["table2"].append([m, v, len(xr), e["l2"].mean(), e["l2"].std(), e["mse"].mean(),
-                              e["psnr"].mean()])
-    E.write_csv(out / "table2.csv", ["method", "variant", "n", "l2_mean", "l2_std", "mse",
-                                     "psnr"], sec["table2"])
-
-    # input preservation: own input vs another input, in pixels and cell features
+def against_references(outputs, targets, refs, ref_cells, cells, scale):
+    """Each translation against its own reference (the input, or the truth) and another's (the
+    next one's), in pixels and cell features. Rows: method, target, PSNR own / other, share closer
+    to its own, feature distance own / other, share closer to its own."""
     rows = []
     for m, o in outputs.items():
         for t in targets:
             y, fy = o["translations"][t], cells(f"{m}_{t}")
-            px = own_and_other(lambda s: psnr(x.roll(s, 0), y), False)
-            ft = own_and_other(lambda s: feature_distance_rows(np.roll(cells("input"), s, 0), fy,
+            px = own_and_other(lambda s: psnr(refs(t).roll(s, 0), y), False)
+            ft = own_and_other(lambda s: feature_distance_rows(np.roll(ref_cells(t), s, 0), fy,
                                                                scale), True)
-            rows.append([m, classes[t], *px, *ft])
-    sec["preservation"] = rows
-    E.write_csv(out / "preservation.csv", ["method", "target", "psnr_own", "psnr_other",
-                                           "closer_pixels", "feature_dist_own",
-                                           "feature_dist_other", "closer_features"], rows)
+            rows.append([m, t, *px, *ft])
+    return rows
 
-    # counterfactual error against the truth (synthetic data only)
-    if truth is not None:
-        rows = []
-        for m, o in outputs.items():
-            for t in targets:
-                y, fy = o["translations"][t], cells(f"{m}_{t}")
-                px = own_and_other(lambda s: psnr(truth[t].roll(s, 0), y), False)
-                ft = own_and_other(lambda s: feature_distance_rows(
-                    np.roll(cells(f"truth_{t}"), s, 0), fy, scale), True)
-                rows.append([m, classes[t], files.parse_class(classes[t])[1], *px, *ft])
-        sec["counterfactual"] = rows
-        E.write_csv(out / "counterfactual.csv", ["method", "target", "concentration_uM",
-                                                 "psnr_own_truth", "psnr_other_truth",
-                                                 "closer_pixels", "feature_dist_own_truth",
-                                                 "feature_dist_other_truth", "closer_features"],
-                    rows)
-        plots.counterfactual(rows, out / "counterfactual.png")
 
-    # Fig. 4 (across doses) and the effect correlation (across features; any number of classes)
+def fig4_rows(outputs, targets, classes, real_cells, cells, scale):
+    """Fig. 4 (per compound with >= 3 doses: Pearson r across doses of real vs translated feature
+    means, over the features whose real means follow dose) and the effect r (across features:
+    real class mean - control mean against translations' mean - inputs' mean, any class count).
+    Returns rows [method, median r, features, effect r at the top, mean effect r], {method: r}."""
     real_means = np.stack([np.nanmean(f, 0) for f in real_cells])
     groups = {g: [classes.index(c) for c in cs] for g, cs in files.compounds(classes).items()
               if g != "DMSO" and len(cs) >= 3}
     conc = {g: np.array([files.parse_class(classes[c])[1] for c in cs]) for g, cs in groups.items()}
-    fig4, rows = {}, []
+    nf, fig4, rows = real_means.shape[1], {}, []
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a feature absent from every image: nan
-        for m, o in outputs.items():
+        for m in outputs:
             if m == "identity":  # untranslated: constant means, every r undefined
                 continue
-            fake_means = np.stack([np.nanmean(cells(f"{m}_{t}"), 0) for t in targets])
-            fake_means = np.concatenate([np.nanmean(cells("input"), 0)[None], fake_means])
-            r = {g: np.array([E.pearson(real_means[cs, j], fake_means[cs, j])
-                              for j in range(len(names))]) for g, cs in groups.items()}
+            fake_means = np.stack([np.nanmean(cells("input"), 0)]
+                                  + [np.nanmean(cells(f"{m}_{t}"), 0) for t in targets])
+            r = {g: np.array([E.pearson(real_means[cs, j], fake_means[cs, j]) for j in range(nf)])
+                 for g, cs in groups.items()}
             varying = {g: np.array([abs(E.spearman(conc[g], real_means[cs, j])) >= 0.8
-                                    for j in range(len(names))]) for g, cs in groups.items()}
+                                    for j in range(nf)]) for g, cs in groups.items()}
             fig4[m] = np.concatenate([r[g][varying[g]] for g in groups]) if groups else np.array([])
             effect = [E.pearson((real_means[t] - real_means[0]) / scale,
                                 (fake_means[t] - fake_means[0]) / scale) for t in targets]
-            rows.append([m, float(np.nanmedian(fig4[m])) if np.isfinite(fig4[m]).any() else np.nan,
-                         int(np.isfinite(fig4[m]).sum()), effect[-1], float(np.nanmean(effect))
-                         if np.isfinite(effect).any() else np.nan])
-    sec["fig4"], sec["by_dose"] = rows, bool(groups)  # by dose: compounds with >= 3 doses
-    E.write_csv(out / "fig4.csv", ["method", "median_r_dose_varying", "n_features",
-                                   "effect_r_top_target", "effect_r_mean"], rows)
-    if groups:
-        plots.fig4_methods(fig4, out / "fig4.png")
+            rows.append([m, np.nanmedian(fig4[m]) if np.isfinite(fig4[m]).any() else np.nan,
+                         int(np.isfinite(fig4[m]).sum()), effect[-1],
+                         np.nanmean(effect) if np.isfinite(effect).any() else np.nan])
+    return rows, fig4 if groups else {}
 
-    # Fig. 2b: Welch t-test of the Golgi area (and the other Golgi features), real control vs
-    # real treated and vs each method's translations (identity: the test must then fail)
-    golgi = sorted((f for f in names if f.startswith("golgi_")), key=lambda f: f != GOLGI_FEATURE)
-    if golgi:
-        rows, boxes = [], []
-        for f in golgi:
-            j = names.index(f)
-            base = real_cells[0][:, j][np.isfinite(real_cells[0][:, j])]
-            for src, v in [("real", real_cells[-1][:, j])] + [
-                    (m, cells(f"{m}_{k - 1}")[:, j]) for m in outputs]:
-                v = v[np.isfinite(v)]
-                t, p = (stats.ttest_ind(base, v, equal_var=False) if min(len(v), len(base)) > 1
-                        else (np.nan, np.nan))
-                rows.append([f, src, len(base), len(v), np.mean(base) if len(base) else np.nan,
-                             np.mean(v) if len(v) else np.nan, t, p])
-                boxes += [(f"{src}\n{classes[-1]}", v)] if f == GOLGI_FEATURE else []
-        sec["fig2b"] = rows
+
+def fig2b_rows(outputs, classes, real_cells, cells, names):
+    """Fig. 2b: Welch t-test of each Golgi feature, real control against real treated and against
+    each method's translations (identity: no change, the test must find nothing). Returns rows
+    [feature, treated images, n control, n treated, means, t, p] and the boxes of GOLGI_FEATURE."""
+    rows, boxes = [], []
+    for f in sorted((f for f in names if f.startswith("golgi_")), key=lambda f: f != GOLGI_FEATURE):
+        j = names.index(f)
+        base = real_cells[0][:, j][np.isfinite(real_cells[0][:, j])]
+        boxes += [(f"real\n{classes[0]}", base)] if f == GOLGI_FEATURE else []
+        for src, v in [("real", real_cells[-1][:, j])] + [
+                (m, cells(f"{m}_{len(classes) - 1}")[:, j]) for m in outputs]:
+            v = v[np.isfinite(v)]
+            t, p = (stats.ttest_ind(base, v, equal_var=False) if min(len(v), len(base)) > 1
+                    else (np.nan, np.nan))
+            rows.append([f, src, len(base), len(v), np.mean(base) if len(base) else np.nan,
+                         np.mean(v) if len(v) else np.nan, t, p])
+            boxes += [(f"{src}\n{classes[-1]}", v)] if f == GOLGI_FEATURE else []
+    return rows, boxes
+
+
+def score(a, out, te, tr, truth, outputs, feats, names):
+    """Every table and figure from the saved outputs and features (CSVs and PNGs into out): the
+    rows of the report's sections."""
+    classes, targets = te.classes, list(range(1, len(te.classes)))
+    x, xr, _ = inputs_of(a, te)
+    cells = lambda key: feats[f"cells_{key}"]  # noqa: E731
+    real_cells = [cells(f"test_{c}") for c in range(len(classes))]
+    scale = np.nanstd(np.concatenate(real_cells), 0)
+    scale[~(scale > 0)] = np.nan  # a constant or absent feature is left out of every distance
+    named = lambda rows: [[r[0], classes[r[1]], *r[2:]] for r in rows]  # noqa: E731
+    sec = {}
+    # Table 1: Frechet distance of translated vs real images of each target class; the floor: real
+    # training images of the class
+    sec["table1"] = [[space, m, classes[t], len(fake), len(real),
+                      *E.frechet_bootstrap(fake, real, a.boot, a.seed)]
+                     for space in ["domain"] + (["inception"] if a.inception_weights else [])
+                     for m in [*outputs, FLOOR] for t in targets
+                     for fake, real in [(feats[f"{space}_{'train' if m == FLOOR else m}_{t}"],
+                                         feats[f"{space}_test_{t}"])]]
+    E.write_csv(out / "table1.csv", ["features", "method", "class", "n_translated", "n_real",
+                                     "frechet", "low", "high"], sec["table1"])
+    # Table 2: reconstruction of held-out images of every class
+    recs = {(m, v): r for m, o in outputs.items() for v, r in o["reconstructions"].items()
+            if m != "identity"} | {("mean training image", "trivial"):
+                                   tr.images.mean(0).expand_as(xr)}
+    sec["table2"] = [[m, v, len(xr), e["l2"].mean(), e["l2"].std(), e["mse"].mean(),
+                      e["psnr"].mean()]
+                     for (m, v), r in recs.items() for e in [E.reconstruction_error(xr, r)]]
+    E.write_csv(out / "table2.csv", ["method", "variant", "n", "l2_mean", "l2_std", "mse",
+                                     "psnr"], sec["table2"])
+    columns = ["psnr_own", "psnr_other", "closer_pixels", "feature_dist_own",
+               "feature_dist_other", "closer_features"]
+    sec["preservation"] = named(against_references(outputs, targets, lambda t: x,
+                                                   lambda t: cells("input"), cells, scale))
+    E.write_csv(out / "preservation.csv", ["method", "target", *columns], sec["preservation"])
+    if truth is not None:  # the counterfactual error (synthetic data only)
+        rows = against_references(outputs, targets, lambda t: truth[t],
+                                  lambda t: cells(f"truth_{t}"), cells, scale)
+        sec["counterfactual"] = [[r[0], classes[r[1]], files.parse_class(classes[r[1]])[1],
+                                  *r[2:]] for r in rows]
+        E.write_csv(out / "counterfactual.csv", ["method", "target", "concentration_uM",
+                                                 *(c + "_truth" for c in columns)],
+                    sec["counterfactual"])
+        plots.counterfactual(sec["counterfactual"], out / "counterfactual.png")
+    sec["fig4"], fig4 = fig4_rows(outputs, targets, classes, real_cells, cells, scale)
+    sec["by_dose"] = bool(fig4)
+    E.write_csv(out / "fig4.csv", ["method", "median_r_dose_varying", "n_features",
+                                   "effect_r_top_target", "effect_r_mean"], sec["fig4"])
+    if fig4:
+        plots.fig4_methods(fig4, out / "fig4.png")
+    if any(f.startswith("golgi_") for f in names):
+        sec["fig2b"], boxes = fig2b_rows(outputs, classes, real_cells, cells, names)
         E.write_csv(out / "fig2b.csv", ["feature", "treated_images", "n_control", "n_treated",
-                                        "control_mean", "treated_mean", "t", "p"], rows)
-        control = real_cells[0][:, names.index(GOLGI_FEATURE)]
-        plots.boxes([(f"real\n{classes[0]}", control[np.isfinite(control)])] + boxes,
-                    GOLGI_FEATURE, f"real {classes[0]} vs real and translated {classes[-1]}",
-                    out / "fig2b.png")
+                                        "control_mean", "treated_mean", "t", "p"], sec["fig2b"])
+        plots.boxes(boxes, GOLGI_FEATURE,
+                    f"real {classes[0]} vs real and translated {classes[-1]}", out / "fig2b.png",
+                    log=True)
     return sec
 
 # -----------------------------------------------------------------------------
@@ -408,6 +409,15 @@ def run(a):
     a.work = str(a.work or Path("runs") / out.name)
     out.mkdir(parents=True, exist_ok=True)
     Path(a.work).mkdir(parents=True, exist_ok=True)
+    # what the cached runs, outputs and features were made of: a resumed run must not mix setups
+    setup = json.loads(json.dumps({k: getattr(a, k) for k in (
+        "data", "test", "kind", "compounds", "image_size", "fit", "train_n", "n", "n_recon",
+        "preset", "seed")}))
+    setup_file = Path(a.work) / "setup.json"
+    if setup_file.exists() and json.loads(setup_file.read_text()) != setup:
+        raise ValueError(f"--work {a.work} holds the runs and outputs of another setup "
+                         f"({setup_file}); choose a new --work (and --out) for this one")
+    setup_file.write_text(json.dumps(setup, indent=1))
     (out / "reproduce.json").write_text(json.dumps({"argv": a.argv}, indent=1))
     stages = Stages(a.work)
 
@@ -551,41 +561,16 @@ def summary(sec, top):
             *md_table(header, table)]
 
 
-def write_report(a, out, te, outputs, sec, commands, given, times, wall):
-    classes = te.classes
-    targets = classes[1:]
-    short = [files.parse_class(c)[1] if files.parse_class(c)[1] else c for c in targets]
-    head = [f"{s:g} µM" if isinstance(s, float) else s for s in short]
-    x_n = len(outputs["identity"]["translations"][0])
-    lines = [f"# Reproduction: {len(outputs) - 1} methods on {a.data}", "",
-             f"Machine: {machine()}. Preset `{a.preset}`. Wall time of this invocation "
-             f"{wall / 60:.1f} min; stages, summed over invocations (a killed run resumes): "
-             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + ".", "",
-             f"Command: `python eval.py {' '.join(a.argv)}`",
-             "",
-             f"Held-out data: {len(te)} images of {len(classes)} classes "
-             + ("(synthetic benchmark, seed "
-                f"{a.seed + 1}; the methods trained on seed {a.seed})" if a.synthetic else
-                f"(`{a.test}`: sites held out from training)")
-             + f"; {x_n} {classes[0]} images are translated to every class by each method; "
-             f"{len(next(iter(outputs['identity']['reconstructions'].values())))} images of all "
-             "classes are reconstructed. `identity` returns its input: the floor of every "
-             "measure of change.", "", "## Methods", ""]
-    rows = [[m, f"`{given.get(m) or given.get(COMPARED[m][0]) or Path(a.work) / COMPARED[m][0]}`",
-             o["step"], o["describe"]] for m, o in outputs.items() if m != "identity"]
-    lines += md_table(["method", "checkpoint", "step", "translation"], rows)
-    if commands:
-        lines += ["", "Trained by these commands (`--work` holds the runs):", "", "```bash",
-                  *commands.values(), "```"]
-    lines += summary(sec, targets[-1])
+def table1_lines(a, sec, head, targets, n_classes):
+    """Table 1's section: one table per feature space, a cell per target class."""
     acc = sec["domain_accuracy"]
-    lines += ["", "## Table 1: Fréchet distance of translated vs real images, per target class",
+    lines = ["", "## Table 1: Fréchet distance of translated vs real images, per target class",
               "",
               "Features of the domain encoder: a classifier of the training classes (StyleGAN2 "
               f"discriminator trunk, {sec['domain_dim']}-d pooled features, "
               f"{DOMAIN_STEPS[a.preset]} steps), held fixed for every method; it tells the "
               "held-out images' classes apart "
-              f"{acc:.0%} of the time (chance {1 / len(classes):.0%}). Each cell: the distance of "
+              f"{acc:.0%} of the time (chance {1 / n_classes:.0%}). Each cell: the distance of "
               "the translations to the held-out real images of the class, and in brackets the "
               f"basic bootstrap interval (95 %, {a.boot} resamples), which corrects the upward "
               "bias of a Fréchet distance on few images. Images per set: "
@@ -604,6 +589,62 @@ def write_report(a, out, te, outputs, sec, commands, given, times, wall):
                  for m in dict.fromkeys(r[1] for r in rows)}
         lines += [f"**{space}**", "", *md_table(["method", *head, "mean"],
                                                  [[*r, f"{means[r[0]]:.2f}"] for r in table]), ""]
+    return lines
+
+
+def truth_lines(sec, head, targets):
+    """The section of the error against the truth (synthetic data), empty without a truth."""
+    if "counterfactual" not in sec:
+        return []
+    rows = sec["counterfactual"]
+    lines = ["", "## Is it this cell's response? Error against the truth", "",
+              "The synthetic benchmark renders the same fields under every dose, so each "
+              "translation has a true answer: its own field at the target dose. PSNR of the "
+              "translation to that truth (higher is better), then the distance of its cell "
+              "features to the truth's (RMS over features scaled by their spread in real "
+              "images; lower is better). `identity` (doing nothing) is the floor to beat.", "",
+              "**PSNR to the own truth (dB)**", ""]
+    lines += md_table(["method", *head], by_target(rows, 3, "{:.1f}".format, targets))
+    lines += ["", "**feature distance to the own truth**", ""]
+    lines += md_table(["method", *head], by_target(rows, 6, "{:.2f}".format, targets))
+    lines += ["", "**closer to the own truth than to another field's truth (pixels / "
+              "features)**: a sampler that ignores its input is not", ""]
+    lines += md_table(["method", *head], by_target(
+        [[r[0], r[1], f"{r[5]:.0%} / {r[8]:.0%}"] for r in rows], 2, str, targets))
+    lines += ["", "![](counterfactual.png)"]
+    return lines
+
+
+def write_report(a, out, te, outputs, sec, commands, given, times, wall):
+    classes = te.classes
+    targets = classes[1:]
+    short = [files.parse_class(c)[1] if files.parse_class(c)[1] else c for c in targets]
+    head = [f"{s:g} µM" if isinstance(s, float) else s for s in short]
+    x_n = len(outputs["identity"]["translations"][0])
+    lines = [f"# Reproduction: {len(outputs) - 1} methods on {a.data}", "",
+             f"Machine: {machine()}. Preset `{a.preset}`. Wall time of the stages, summed over "
+             "the invocations that ran them (a killed run resumes from the finished ones): "
+             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+             + f"; in all {sum(times.values()) / 60:.0f} min (this invocation: {wall / 60:.1f} "
+             "min).", "",
+             f"Command: `python eval.py {' '.join(a.argv)}`",
+             "",
+             f"Held-out data: {len(te)} images of {len(classes)} classes "
+             + ("(synthetic benchmark, seed "
+                f"{a.seed + 1}; the methods trained on seed {a.seed})" if a.synthetic else
+                f"(`{a.test}`: sites held out from training)")
+             + f"; {x_n} {classes[0]} images are translated to every class by each method; "
+             f"{len(next(iter(outputs['identity']['reconstructions'].values())))} images of all "
+             "classes are reconstructed. `identity` returns its input: the floor of every "
+             "measure of change.", "", "## Methods", ""]
+    rows = [[m, f"`{given.get(m) or given.get(COMPARED[m][0]) or Path(a.work) / COMPARED[m][0]}`",
+             o["step"], o["describe"]] for m, o in outputs.items() if m != "identity"]
+    lines += md_table(["method", "checkpoint", "step", "translation"], rows)
+    if commands:
+        lines += ["", "Trained by these commands (`--work` holds the runs):", "", "```bash",
+                  *commands.values(), "```"]
+    lines += summary(sec, targets[-1])
+    lines += table1_lines(a, sec, head, targets, len(classes))
     lines += ["## Table 2: reconstruction of held-out images", "",
               "Each image translated to its own class. L2: per-image Euclidean distance in model "
               "units [-1, 1] (the paper's measure); MSE and PSNR on [0, 1]. The mean training "
@@ -612,23 +653,7 @@ def write_report(a, out, te, outputs, sec, commands, given, times, wall):
     lines += md_table(["method", "variant", "n", "L2 (mean ± sd)", "MSE", "PSNR (dB)"],
                       [[m, v, n, f"{l2:.3f} ± {sd:.3f}", f"{mse:.2e}", f"{p:.1f}"]
                        for m, v, n, l2, sd, mse, p in sec["table2"]])
-    if "counterfactual" in sec:
-        rows = sec["counterfactual"]
-        lines += ["", "## Is it this cell's response? Error against the truth", "",
-                  "The synthetic benchmark renders the same fields under every dose, so each "
-                  "translation has a true answer: its own field at the target dose. PSNR of the "
-                  "translation to that truth (higher is better), then the distance of its cell "
-                  "features to the truth's (RMS over features scaled by their spread in real "
-                  "images; lower is better). `identity` (doing nothing) is the floor to beat.", "",
-                  "**PSNR to the own truth (dB)**", ""]
-        lines += md_table(["method", *head], by_target(rows, 3, "{:.1f}".format, targets))
-        lines += ["", "**feature distance to the own truth**", ""]
-        lines += md_table(["method", *head], by_target(rows, 6, "{:.2f}".format, targets))
-        lines += ["", "**closer to the own truth than to another field's truth (pixels / "
-                  "features)**: a sampler that ignores its input is not", ""]
-        lines += md_table(["method", *head], by_target(
-            [[r[0], r[1], f"{r[5]:.0%} / {r[8]:.0%}"] for r in rows], 2, str, targets))
-        lines += ["", "![](counterfactual.png)"]
+    lines += truth_lines(sec, head, targets)
     lines += ["", "## Does a translation keep its input? (shuffled-input control)", "",
               f"Each translation to the top class ({targets[-1]}) against its own input and "
               "against another input (the next one), in pixels and in cell features; then the "

@@ -99,6 +99,9 @@ def test_reproduce_end_to_end_and_resume(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "[skip] train stargan" in said and "[skip] outputs vae" in said
     assert (tmp_path / "work" / "stargan" / "last.pt").stat().st_mtime == weights
+    with pytest.raises(SystemExit):  # other images on the same cache: refused before any work
+        E.main([*argv, "--n", "5"])
+    assert "another setup" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [
