@@ -162,6 +162,12 @@ def synthetic_dataset(kind="bbbc021", n_per_class=200, image_size=64, seed=0, co
     return ImageDataset(x, torch.tensor(labels), classes,
                         files.GOLGI_CHANNELS if golgi else files.CHANNELS, norm, truth)
 
+def synthetic_truth(kind="bbbc021", n_per_class=200, image_size=64, seed=0, compounds=None):
+    """The ground-truth counterfactuals, (classes, N, C, H, W): truth[k, i] is field i rendered
+    under class k, and truth[0] the control images of synthetic_dataset with the same arguments."""
+    ds = synthetic_dataset(kind, n_per_class, image_size, seed, compounds, paired=True)
+    return torch.stack([ds.images[ds.labels == k] for k in range(len(ds.classes))])
+
 # -----------------------------------------------------------------------------
 # Real data: read raw (N, C, H, W) arrays, then normalise. Raw units = dtype range scaled to [0, 1].
 

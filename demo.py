@@ -164,9 +164,7 @@ def run(args):
     recon = {name: reconstruction_error(xr, batched(m.reconstruct, [xr, yr], args))
              for name, m in variants.items()}
     preserved = input_preservation(net, x, y, classes, ["DMSO", *tops], args)
-    paired = data.synthetic_dataset("bbbc021", n_per_class=args.n, image_size=size,
-                                    seed=DEMO_SEED, compounds=chosen, paired=True)
-    truth = torch.stack([paired.images[paired.labels == i] for i in range(len(classes))])
+    truth = data.synthetic_truth("bbbc021", args.n, size, DEMO_SEED, chosen)
     assert torch.equal(truth[0], x), "the paired set must render the inputs' own fields"
     truths = counterfactual(x, y, truth, classes, [c for v in series.values() for c in v],
                             args.workers)

@@ -40,12 +40,11 @@ from baselines import encoders
 from demo import batched
 
 HERE = Path(__file__).resolve().parent
-# compared name -> (the run that trains it, translation options)
-COMPARED = {"phendiff": ("phendiff", {}), "stargan": ("stargan", {}),
-            "cyclegan": ("cyclegan", {}), "phenex-w": ("stylegan", {"projection": "w"}),
-            "phenex-w+": ("stylegan", {"projection": "w+"}), "dsae": ("dsae", {}),
-            "vae": ("vae", {}), "bigan": ("bigan", {}), "alae": ("alae", {}),
-            "dcvae": ("dcvae", {})}
+# compared name -> (the run that trains it, PhenEx's projection space)
+COMPARED = {"phendiff": ("phendiff", None), "stargan": ("stargan", None),
+            "cyclegan": ("cyclegan", None), "phenex-w": ("stylegan", "w"),
+            "phenex-w+": ("stylegan", "w+"), "dsae": ("dsae", None), "vae": ("vae", None),
+            "bigan": ("bigan", None), "alae": ("alae", None), "dcvae": ("dcvae", None)}
 # preset -> run -> train.py flags: the recorded commands of the README's results (DSAE's parts: the
 # runs in --work or given by --ckpt)
 TRAIN = {
@@ -146,8 +145,7 @@ def evaluation_sets(a, normalization=None):
         kw = dict(kind=a.kind, image_size=a.image_size, compounds=a.compounds)
         tr = data.synthetic_dataset(n_per_class=a.train_n, seed=a.seed, **kw)
         te = data.synthetic_dataset(n_per_class=a.n, seed=a.seed + 1, **kw)
-        paired = data.synthetic_dataset(n_per_class=a.n, seed=a.seed + 1, paired=True, **kw)
-        truth = torch.stack([paired.images[paired.labels == k] for k in range(len(te.classes))])
+        truth = data.synthetic_truth(a.kind, a.n, a.image_size, a.seed + 1, a.compounds)
         assert torch.equal(truth[0], te.images[te.labels == 0]), "pairing: image i = same field"
         return tr, te, truth
     tr = data.load_dataset(a.data, a.image_size, fit=a.fit, compounds=a.compounds,
@@ -170,11 +168,10 @@ def inputs_of(a, te):
 
 def method_outputs(a, name, path, te):
     """Translations (classes, N, C, H, W) of the control inputs, reconstructions per variant."""
-    options = dict(COMPARED[name][1])
-    if "projection" in options:
-        options["projection_steps"] = a.projection_steps or PROJECTION_STEPS[a.preset]
+    projection = COMPARED[name][1]
+    steps = (a.projection_steps or PROJECTION_STEPS[a.preset]) if projection else None
     ckpt, variants = E.load_variants(path, a.device, a.ddim_steps, a.fixed_point_iters,
-                                     options.get("projection"), options.get("projection_steps"))
+                                     projection, steps)
     if ckpt["classes"] != te.classes:
         raise ValueError(f"{name} ({path}) was trained on classes {ckpt['classes']}, the "
                          f"evaluation data has {te.classes}: train it on the same data")
@@ -189,15 +186,14 @@ def method_outputs(a, name, path, te):
                 desc=f"{name}: translate to {k} classes")
     rec = {v: batched(m.reconstruct, [xr, yr], a) for v, m in variants.items()}
     return {"translations": y, "reconstructions": rec, "describe": net.describe(),
-            "step": ckpt.get("step"), "normalization": ckpt.get("normalization")}
+            "step": ckpt.get("step")}
 
 
 def identity_outputs(a, te):
     """Doing nothing: every translation is its input. The floor every method should beat."""
     x, xr, _ = inputs_of(a, te)
     return {"translations": x.expand(len(te.classes), *x.shape).clone(),
-            "reconstructions": {"the input itself": xr}, "describe": "returns its input",
-            "step": None, "normalization": None}
+            "reconstructions": {"the input itself": xr}}
 
 # -----------------------------------------------------------------------------
 # 3. scores
@@ -383,9 +379,40 @@ def features_of(a, key, images, ds, domain, inception):
     if inception is not None:
         f["inception"] = E.encode((images + 1) / 2, inception, a.batch_size, a.device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path.with_suffix(".tmp.npz"), **f)
-    Path(path.with_suffix(".tmp.npz")).replace(path)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **f)
+    tmp.replace(path)  # a killed run leaves no half-written cache
     return f
+
+
+def check_setup(a):
+    """What the cached runs, outputs and features in --work were made of (setup.json): a resumed
+    run must not mix them with another setup's."""
+    setup = json.loads(json.dumps({k: getattr(a, k) for k in (
+        "data", "test", "kind", "compounds", "image_size", "fit", "train_n", "n", "n_recon",
+        "preset", "seed")}))
+    path = Path(a.work) / "setup.json"
+    if path.exists() and json.loads(path.read_text()) != setup:
+        raise ValueError(f"--work {a.work} holds the runs and outputs of another setup ({path}); "
+                         "choose a new --work (and --out) for this one")
+    path.write_text(json.dumps(setup, indent=1))
+
+
+def image_sets(a, tr, te, truth, outputs):
+    """Every image set scored, by cache key: the inputs, the held-out and the training images of
+    each class (as many training images as translations: a Frechet distance's bias depends on the
+    counts), each method's translations and, on synthetic data, the truth."""
+    x = inputs_of(a, te)[0]
+    sets, g = {"input": x}, torch.Generator().manual_seed(a.seed)
+    for c in range(len(te.classes)):
+        sets[f"test_{c}"] = te.images[te.labels == c]
+        own = tr.images[tr.labels == c]
+        sets[f"train_{c}"] = own[torch.randperm(len(own), generator=g)[:len(x)]]
+        if c:
+            sets |= {f"{m}_{c}": o["translations"][c] for m, o in outputs.items()}
+            if truth is not None:
+                sets[f"truth_{c}"] = truth[c]
+    return sets
 
 
 def run(a):
@@ -409,15 +436,7 @@ def run(a):
     a.work = str(a.work or Path("runs") / out.name)
     out.mkdir(parents=True, exist_ok=True)
     Path(a.work).mkdir(parents=True, exist_ok=True)
-    # what the cached runs, outputs and features were made of: a resumed run must not mix setups
-    setup = json.loads(json.dumps({k: getattr(a, k) for k in (
-        "data", "test", "kind", "compounds", "image_size", "fit", "train_n", "n", "n_recon",
-        "preset", "seed")}))
-    setup_file = Path(a.work) / "setup.json"
-    if setup_file.exists() and json.loads(setup_file.read_text()) != setup:
-        raise ValueError(f"--work {a.work} holds the runs and outputs of another setup "
-                         f"({setup_file}); choose a new --work (and --out) for this one")
-    setup_file.write_text(json.dumps(setup, indent=1))
+    check_setup(a)
     (out / "reproduce.json").write_text(json.dumps({"argv": a.argv}, indent=1))
     stages = Stages(a.work)
 
@@ -455,18 +474,7 @@ def run(a):
     outputs["identity"] = identity_outputs(a, te)
 
     # 4. features of every image set, cached set by set
-    x = inputs_of(a, te)[0]
-    sets, g = {"input": x}, torch.Generator().manual_seed(a.seed)
-    for c in range(len(te.classes)):
-        sets[f"test_{c}"] = te.images[te.labels == c]
-        own = tr.images[tr.labels == c]
-        sets[f"train_{c}"] = own[torch.randperm(len(own), generator=g)[:len(x)]]  # as many as
-        # the translations: a Frechet distance's bias depends on the counts
-        if c:
-            sets |= {f"{m}_{c}": o["translations"][c] for m, o in outputs.items()}
-            if truth is not None:
-                sets[f"truth_{c}"] = truth[c]
-    feats = {}
+    sets, feats = image_sets(a, tr, te, truth, outputs), {}
 
     def feature_stage():
         for key, images in tqdm(sets.items(), desc="features"):
@@ -475,7 +483,7 @@ def run(a):
     stages.run("features", feature_stage, lambda: False)  # cached per set: a rerun only reads
 
     # 5. the report; the second paper's Fig. 2 for the methods that decode
-    sec = score(a, out, te, tr, truth, outputs, feats, feature_rows(x[:1], te, 1)[1])
+    sec = score(a, out, te, tr, truth, outputs, feats, feature_rows(sets["input"][:1], te, 1)[1])
     decoding = [m for m in a.methods if m in ("dsae", "vae", "bigan", "alae", "dcvae")]
     if decoding:
         stages.run("the second paper's Fig. 2", lambda: represent(a, [paths[m] for m in decoding],
@@ -483,7 +491,7 @@ def run(a):
                    (out / "fig2" / "representation.md").exists)
     sec["domain_accuracy"], sec["domain_dim"] = domain_accuracy(domain, te, a), domain.trunk.dim
     commands = {r: "python train.py " + train_command(a, r) for r in trained}
-    write_report(a, out, te, outputs, sec, commands, given, stages.times,
+    write_report(a, out, te, outputs, sec, commands, paths, stages.times,
                  time.perf_counter() - t_start)
     print(f"wrote {out}/report.md")
 
@@ -615,7 +623,7 @@ def truth_lines(sec, head, targets):
     return lines
 
 
-def write_report(a, out, te, outputs, sec, commands, given, times, wall):
+def write_report(a, out, te, outputs, sec, commands, paths, times, wall):
     classes = te.classes
     targets = classes[1:]
     short = [files.parse_class(c)[1] if files.parse_class(c)[1] else c for c in targets]
@@ -637,8 +645,8 @@ def write_report(a, out, te, outputs, sec, commands, given, times, wall):
              f"{len(next(iter(outputs['identity']['reconstructions'].values())))} images of all "
              "classes are reconstructed. `identity` returns its input: the floor of every "
              "measure of change.", "", "## Methods", ""]
-    rows = [[m, f"`{given.get(m) or given.get(COMPARED[m][0]) or Path(a.work) / COMPARED[m][0]}`",
-             o["step"], o["describe"]] for m, o in outputs.items() if m != "identity"]
+    rows = [[m, f"`{paths[m]}`", o["step"], o["describe"]]
+            for m, o in outputs.items() if m != "identity"]
     lines += md_table(["method", "checkpoint", "step", "translation"], rows)
     if commands:
         lines += ["", "Trained by these commands (`--work` holds the runs):", "", "```bash",
