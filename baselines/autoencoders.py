@@ -15,7 +15,9 @@ reconstruct = decode(encode(x)); encode gives the features that eval.py's `repre
                                      set-level adversarial (real x vs reconstructions and samples)
                                      and instance-level contrastive (InfoNCE: a reconstruction must
                                      be nearer its own input than the batch's other images in D's
-                                     embedding); a small KL; encode = mu
+                                     embeddings, at a fine and a coarse scale, and than a queue
+                                     of past images' embeddings by a momentum copy of D, as
+                                     MoCo); a small KL; encode = mu
 
 The networks are DCGAN's (Radford et al. 2016), shared by the three: the encoder (and each
 discriminator's image branch) halves the size with 4x4 stride-2 convolutions and leaky ReLUs down
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
 
 import method as M
 from baselines.gan import adversarial_loss
@@ -79,10 +82,12 @@ class VAEConfig(AutoencoderConfig):
 @dataclass
 class BiGANConfig(AutoencoderConfig):
     d_dropout: float = M.arg(0.2, "dropout in the joint discriminator (ALI's 0.2)")
+    cycle_weight: float = M.arg(0.0, "weight of ALICE's explicit cycle consistency |x - G(E(x))|^2 "
+                                     "(Li et al. 2017) for E and G; 0: BiGAN as published")
 
     def __post_init__(self):
         super().__post_init__()
-        M.check_ranges(self, fraction=("d_dropout",))
+        M.check_ranges(self, fraction=("d_dropout",), nonnegative=("cycle_weight",))
 
 
 @dataclass
@@ -91,11 +96,13 @@ class DCVAEConfig(AutoencoderConfig):
     contrastive_weight: float = M.arg(1.0, "weight of the instance-level contrastive loss")
     contrastive_dim: int = M.arg(16, "size of the discriminator's contrastive embedding")
     temperature: float = M.arg(0.07, "InfoNCE temperature")
+    queue: int = M.arg(4096, "past real images' key embeddings kept as extra negatives (DC-VAE's "
+                             "MoCo queue, 8,192 in its code); 0: the batch's own only")
 
     def __post_init__(self):
         super().__post_init__()
         M.check_ranges(self, positive=("contrastive_dim", "temperature"),
-                       nonnegative=("kl_weight", "contrastive_weight"))
+                       nonnegative=("kl_weight", "contrastive_weight", "queue"))
 
 # -----------------------------------------------------------------------------
 # networks
@@ -168,18 +175,29 @@ class JointDiscriminator(nn.Module):
 
 
 class ContrastiveDiscriminator(nn.Module):
-    """DC-VAE's D: one trunk, two heads: a real/fake logit (set level) and an L2-normalised
-    embedding for the contrastive loss (instance level)."""
+    """DC-VAE's D: one trunk, a real/fake logit (set level), and two embeddings for the
+    contrastive loss (instance level; centred and normalised by the loss), taken at two scales as
+    DC-VAE's multi-scale loss: one from the trunk's first layer (a 1x1 conv to one map at half the
+    image size, flattened, then a linear layer: it keeps where things are) and one from the end of
+    the trunk (what they are). Spectral norm on the trunk and the logit, as DC-VAE's D has."""
 
     def __init__(self, c):
         super().__init__()
-        self.trunk = Encoder(c, 1).trunk
+        trunk = Encoder(c, 1).trunk
+        for i, layer in enumerate(trunk):
+            if isinstance(layer, nn.Conv2d):
+                trunk[i] = spectral_norm(layer)
+        self.first, self.rest = trunk[:2], trunk[2:]
         dim = widths(c)[-1] * 16
-        self.logit, self.embed = nn.Linear(dim, 1), nn.Linear(dim, c.contrastive_dim)
+        self.logit, self.embed = spectral_norm(nn.Linear(dim, 1)), nn.Linear(dim, c.contrastive_dim)
+        self.embed_local = nn.Sequential(nn.Conv2d(c.channels, 1, 1), nn.Flatten(),
+                                         nn.Linear((c.image_size // 2) ** 2, c.contrastive_dim))
 
     def forward(self, x):
-        h = self.trunk(x)
-        return self.logit(h), F.normalize(self.embed(h), dim=1)
+        """(logit (B, 1), [local, global] embeddings (B, contrastive_dim) each, not normalised)."""
+        h1 = self.first(x)
+        h = self.rest(h1)
+        return self.logit(h), [self.embed_local(h1), self.embed(h)]
 
 # -----------------------------------------------------------------------------
 # the losses, as their papers write them
@@ -201,11 +219,31 @@ def joint_scores(D, x, code, fake, z):
     return D(x, code), D(fake, z)
 
 
-def info_nce(query, keys, temperature):
-    """InfoNCE: row i of query must pick row i of keys among all rows (cross-entropy over cosine
-    similarities / temperature). log(batch) when all similarities are equal."""
-    logits = F.normalize(query, dim=1) @ F.normalize(keys, dim=1).T / temperature
-    return F.cross_entropy(logits, torch.arange(len(query), device=query.device))
+def info_nce(query, keys, temperature, negatives=None):
+    """InfoNCE: row i of query must pick row i of keys among all rows and the extra `negatives`
+    (cross-entropy over cosine similarities / temperature). log(batch + negatives) when all
+    similarities are equal."""
+    q = F.normalize(query, dim=1)
+    logits = q @ F.normalize(keys, dim=1).T
+    if negatives is not None:
+        logits = torch.cat([logits, q @ F.normalize(negatives, dim=1).T], 1)
+    return F.cross_entropy(logits / temperature, torch.arange(len(q), device=q.device))
+
+
+def multiscale_info_nce(queries, keys, temperature, negatives):
+    """DC-VAE's multi-scale contrastive loss: the mean of InfoNCE over the scales' embeddings."""
+    return sum(info_nce(q, k, temperature, n)
+               for q, k, n in zip(queries, keys, negatives)) / len(queries)
+
+
+def centred(embeddings, centres):
+    """Each scale's embeddings less the real images' mean embedding at that scale. The trunk's
+    features share a large common part, so uncentred every image's embedding pointed one way and
+    InfoNCE sat at log(batch) for 1,200 steps. The centre is the real images', for queries too:
+    centred by their own mean, near-identical reconstructions would have had their tiny
+    differences blown up to unit length, and the decoder learned exactly that (one image for every
+    input, told apart by a faint texture)."""
+    return [e - c for e, c in zip(embeddings, centres)]
 
 # -----------------------------------------------------------------------------
 # translation by the class-mean shift of codes (DSAE and the autoencoders)
@@ -337,7 +375,7 @@ class VAE(Autoencoder):
 class BiGAN(Autoencoder):
     name = "bigan"
     Config = BiGANConfig
-    LOG = ("d_adv", "eg_adv", "lr")
+    LOG = ("d_adv", "eg_adv", "cycle", "lr")
     VARIATIONAL = False
 
     def __init__(self, config, device="cpu", **options):
@@ -347,10 +385,12 @@ class BiGAN(Autoencoder):
 
     def train_step(self, batch, step):
         """D on (x, E(x)) real vs (G(z), z) fake, then E and G on the flipped labels (the
-        non-saturating form of BiGAN's minimax game)."""
-        x = batch[0]
+        non-saturating form of BiGAN's minimax game), plus cycle_weight x |x - G(E(x))|^2 (ALICE's
+        bound on the conditional entropy H(x | z); BiGAN alone only matches the joint
+        distributions, which G(E(x)) = x need not satisfy in finite training)."""
+        c, x = self.config, batch[0]
         self.E.train(), self.G.train()
-        z = torch.randn(len(x), self.config.latent_dim, device=x.device)
+        z = torch.randn(len(x), c.latent_dim, device=x.device)
         code, fake = self.E(x), self.G(z)
         real_s, fake_s = joint_scores(self.D, x, code.detach(), fake.detach(), z)
         d_adv = adversarial_loss("ns", real_s, True) + adversarial_loss("ns", fake_s, False)
@@ -361,56 +401,86 @@ class BiGAN(Autoencoder):
         self.D.requires_grad_(False)
         real_s, fake_s = joint_scores(self.D, x, code, fake, z)
         eg_adv = adversarial_loss("ns", real_s, False) + adversarial_loss("ns", fake_s, True)
+        with torch.set_grad_enabled(c.cycle_weight > 0):  # logged either way
+            cycle = (self.G(code) - x).square().mean()
         self.optimizer.zero_grad(set_to_none=True)
-        eg_adv.backward()
+        (eg_adv + c.cycle_weight * cycle).backward()
         self.D.requires_grad_(True)
         M.average_gradients([*self.E.parameters(), *self.G.parameters()])
         self.optimizer.step()
         self.update_ema(step)
-        return {"d_adv": d_adv.item(), "eg_adv": eg_adv.item(), "lr": self.config.lr}
+        return {"d_adv": d_adv.item(), "eg_adv": eg_adv.item(), "cycle": cycle.item(), "lr": c.lr}
 
 
 class DCVAE(Autoencoder):
     name = "dcvae"
     Config = DCVAEConfig
     LOG = ("d_adv", "g_adv", "nce", "kl", "mse", "lr")
+    KEY_MOMENTUM = 0.999  # of D_key, as MoCo and DC-VAE's code
 
     def __init__(self, config, device="cpu", **options):
         super().__init__(config, device, **options)
         self.D = ContrastiveDiscriminator(config).to(device)
+        self.D_key = copy.deepcopy(self.D).requires_grad_(False).eval()
         self.optimizer_d = self.adam(self.D.parameters())
+        self.queue = F.normalize(torch.randn(2, config.queue, config.contrastive_dim,
+                                             device=device), dim=2)
+        self.queue_at = torch.zeros((), dtype=torch.long)
 
     def train_step(self, batch, step):
         """D: real x vs reconstructions G(E(x)) and samples G(z) (set level), and InfoNCE between
-        the embeddings of each reconstruction and the batch's real images (instance level; D learns
-        the embedding). Then E and G: fool D with both fake kinds, InfoNCE through D frozen, and
-        kl_weight x KL. No pixel loss: the contrastive term is what ties x' to its own x."""
+        the embeddings of each reconstruction (query) and of the real images by D_key, the
+        momentum copy of D (keys), with the queue of past keys as more negatives (instance level;
+        D learns the embedding). Then E and G: fool D with both fake kinds, InfoNCE through D
+        frozen, and kl_weight x KL. No pixel loss: the contrastive term ties x' to its own x."""
         c, x = self.config, batch[0]
         self.E.train(), self.G.train()
         mu, logvar = self.E(x).chunk(2, 1)
         recon = self.G(reparameterise(mu, logvar))
         sample = self.G(torch.randn_like(mu))
-        (real_s, real_e), (rec_s, rec_e), (smp_s, _) = (self.D(v) for v in (
+        with torch.no_grad():
+            keys = self.D_key(x)[1]
+            centres = [k.mean(0) for k in keys]
+            keys = [F.normalize(k, dim=1) for k in centred(keys, centres)]
+        (real_s, _), (rec_s, rec_e), (smp_s, _) = (self.D(v) for v in (
             x, recon.detach(), sample.detach()))
         d_adv = adversarial_loss("ns", real_s, True) + 0.5 * (
             adversarial_loss("ns", rec_s, False) + adversarial_loss("ns", smp_s, False))
-        d_nce = info_nce(rec_e, real_e, c.temperature)
+        d_nce = multiscale_info_nce(centred(rec_e, centres), keys, c.temperature, self.queue)
         self.optimizer_d.zero_grad(set_to_none=True)
         (d_adv + c.contrastive_weight * d_nce).backward()
         M.average_gradients(self.D.parameters())
         self.optimizer_d.step()
         self.D.requires_grad_(False)
         (rec_s, rec_e), (smp_s, _) = self.D(recon), self.D(sample)
-        with torch.no_grad():
-            real_e = self.D(x)[1]
         g_adv = 0.5 * (adversarial_loss("ns", rec_s, True) + adversarial_loss("ns", smp_s, True))
-        nce, kl = info_nce(rec_e, real_e, c.temperature), kl_divergence(mu, logvar).mean()
+        nce = multiscale_info_nce(centred(rec_e, centres), keys, c.temperature, self.queue)
+        kl = kl_divergence(mu, logvar).mean()
         self.optimizer.zero_grad(set_to_none=True)
         (g_adv + c.contrastive_weight * nce + c.kl_weight * kl).backward()
         self.D.requires_grad_(True)
         M.average_gradients([*self.E.parameters(), *self.G.parameters()])
         self.optimizer.step()
         self.update_ema(step)
+        M.update_ema(self.D_key, self.D, self.KEY_MOMENTUM)
+        self.enqueue(keys)
         mse = (recon.detach() - x).square().mean().item()
         return {"d_adv": d_adv.item(), "g_adv": g_adv.item(), "nce": nce.item(),
                 "kl": kl.item(), "mse": mse, "lr": c.lr}
+
+    def enqueue(self, keys):
+        """Put this batch's keys in place of the oldest ones of the queue (a ring)."""
+        size = self.queue.shape[1]
+        if size:
+            at = (self.queue_at + torch.arange(len(keys[0]))) % size
+            self.queue[:, at] = torch.stack(keys).to(self.queue.dtype)
+            self.queue_at.copy_((self.queue_at + len(keys[0])) % size)
+
+    def state_dict(self):
+        return {**super().state_dict(), "queue": self.queue.clone(),
+                "queue_at": self.queue_at.clone()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.queue.copy_(state["queue"])
+        self.queue_at.copy_(state["queue_at"])

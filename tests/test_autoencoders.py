@@ -8,7 +8,8 @@ import torch
 import data
 import train
 from baselines.autoencoders import (VAE, BiGAN, DCVAE, class_means, info_nce, joint_scores,
-                                    kl_divergence, reparameterise)
+                                    centred, kl_divergence, multiscale_info_nce,
+                                    reparameterise)
 from tests.helpers import fails
 
 SHAPE = dict(image_size=16, in_channels=3, num_classes=3, steps=4)
@@ -63,6 +64,24 @@ def test_info_nce_is_log_batch_at_uniform_similarity_and_zero_when_separated():
     assert info_nce(eye, eye.roll(1, 0), 0.01).item() > 50  # the wrong keys: large
 
 
+def test_multiscale_info_nce_is_the_mean_over_scales():
+    g = torch.Generator().manual_seed(0)
+    q, k = ([torch.randn(8, 4, generator=g) for _ in range(2)] for _ in range(2))
+    both = (info_nce(q[0], k[0], 0.1) + info_nce(q[1], k[1], 0.1)) / 2
+    torch.testing.assert_close(multiscale_info_nce(q, k, 0.1, [None, None]), both)
+    assert abs(info_nce(torch.ones(8, 4), torch.ones(8, 4), 0.1, torch.ones(24, 4)).item()
+               - math.log(32)) < 1e-6  # the queue's negatives count as the batch's do
+
+
+def test_dcvae_queue_is_a_ring_of_the_latest_keys():
+    net = DCVAE(DCVAE.Config.preset("tiny", **SHAPE, queue=5, contrastive_dim=2))
+    for start in (0, 3):  # 3 keys per batch: the second batch wraps around
+        keys = [torch.arange(start, start + 3.0)[:, None].repeat(1, 2) * s for s in (1, -1)]
+        net.enqueue(keys)
+    assert net.queue[0, :, 0].tolist() == [5, 1, 2, 3, 4]  # key 5 overwrote the oldest, key 0
+    assert net.queue[1, :, 0].tolist() == [-5, -1, -2, -3, -4] and int(net.queue_at) == 1
+
+
 @pytest.fixture(scope="module")
 def ds():
     return data.synthetic_dataset(n_per_class=6, image_size=16, seed=0,
@@ -86,6 +105,48 @@ def test_translation_moves_the_code_by_the_class_mean_difference(ds, cls):
         shift = net.means[2] - net.means[0]
         torch.testing.assert_close(moved[1], net.decode(net.encode(x) + shift))
         assert not torch.allclose(moved[1], moved[0])
+
+
+def test_dcvae_embeddings_tell_real_images_apart_but_not_one_repeated_image():
+    """At initialisation the real images' centred embeddings already pick each image out of the
+    batch at both scales (uncentred, all pointed one way: InfoNCE = log(batch), and training sat
+    there for 1,200 steps). One image repeated with faint noise, centred by the real images' mean
+    as the reconstructions are, cannot: InfoNCE stays near log(batch) (centred by its own mean,
+    the noise alone told the copies apart, and the decoder learned to do just that)."""
+    torch.manual_seed(0)
+    images = data.synthetic_dataset(n_per_class=16, image_size=32, seed=0,
+                                    compounds=["latrunculin_b"]).images[:64]
+    net = DCVAE(DCVAE.Config.preset("cpu", **{**SHAPE, "image_size": 32}))
+    copies = images[:1] + 0.003 * torch.randn_like(images)
+    with torch.no_grad():
+        real, same = net.D(images)[1], net.D(copies)[1]
+    centres = [e.mean(0) for e in real]
+    assert len(real) == 2
+    for r, s, own in zip(centred(real, centres), centred(same, centres), centred(same, [
+            e.mean(0) for e in same])):
+        t = net.config.temperature
+        assert info_nce(r, r, t) < 0.5 * math.log(64)
+        assert info_nce(s, r, t) > 0.9 * math.log(64)
+        assert info_nce(own, own, t) < 0.5 * math.log(64)  # the failure the real centre avoids
+
+
+def test_bigan_cycle_term_reaches_encoder_and_generator(ds):
+    """With a blind D (constant output, frozen) BiGAN's adversarial loss gives E and G no gradient,
+    so only ALICE's cycle term can move them: with cycle_weight 0 they stay put, with 10 the
+    reconstruction error falls step after step."""
+    x, y = ds.images[:8], ds.labels[:8]
+    for weight in (0.0, 10.0):
+        torch.manual_seed(0)
+        net = BiGAN(BiGAN.Config.preset("tiny", **SHAPE, cycle_weight=weight, lr=1e-3), ema=False)
+        net.D.joint[-1].weight.data.zero_()
+        net.optimizer_d.param_groups[0]["lr"] = 0.0
+        before = [p.clone() for p in (*net.E.parameters(), *net.G.parameters())]
+        cycle = [net.train_step((x, y), step)["cycle"] for step in range(20)]
+        moved = any(not torch.equal(p, q) for p, q in
+                    zip(before, (*net.E.parameters(), *net.G.parameters())))
+        assert moved == (weight > 0)
+        if weight:
+            assert cycle[-1] < 0.8 * cycle[0]
 
 
 def test_vae_encode_is_the_mean_of_the_posterior(ds):
