@@ -107,7 +107,7 @@ def ckpt(tmp_path):
     return path
 
 
-def test_cli_writes_translations(ckpt, tmp_path):
+def test_cli_writes_translations(ckpt, tmp_path, capsys):
     inp = write_images(tmp_path / "in")
     (inp / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
@@ -122,6 +122,11 @@ def test_cli_writes_translations(ckpt, tmp_path):
         assert arr.shape == (3, 3, 16, 16) and np.isfinite(arr).all()
     assert (out / "grid.png").stat().st_size > 0
     assert (out / "files.txt").read_text().split() == ["cell_0.png", "cell_1.png", "cell_2.png"]
+    timing = re.search(r"3 images x 2 targets in ([\d.]+) s: ([\d.]+) translations/s .*"
+                       r"reading ([\d.]+) s, translating ([\d.]+) s, writing ([\d.]+) s",
+                       capsys.readouterr().out)
+    total, rate, *parts = map(float, timing.groups())
+    assert abs(sum(parts) - total) <= 0.15 and rate > 0  # the parts (rounded) make the whole
     # the PNG holds the same translation as the .npy (identity normalisation: raw = display scale)
     png = np.asarray(Image.open(out / "latrunculin_b_3uM" / "cell_1.png")) / 255
     assert np.abs(png.transpose(2, 0, 1)
