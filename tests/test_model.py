@@ -1,4 +1,6 @@
 """The UNet's contracts: identity at init, class conditioning, presets, any channel count."""
+import copy
+
 import pytest
 import torch
 
@@ -103,6 +105,43 @@ def test_channels_last_gives_the_same_output():
         out = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last),
                                                           t, y)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    """The GPU training path runs the UNet under bf16 autocast (fp32 weights); CPU autocast runs
+    the same ops in bf16, so the gap can be bounded here: within a few % of the output's scale."""
+    model = randomise_(tiny()).eval()
+    x, t, y = inputs(model.config)
+    with torch.no_grad():
+        ref = model(x, t, y)
+        with torch.autocast("cpu", torch.bfloat16):
+            out = model(x, t, y)
+    assert out.dtype == torch.bfloat16
+    err = (out.float() - ref).norm() / ref.norm()
+    assert err < 0.03, f"bf16 autocast relative error {err:.4f}"
+
+
+def test_fused_adamw_takes_the_same_step():
+    """The GPU path's fused AdamW (one kernel) against the default implementation: the same
+    parameters after three steps, to float rounding. Not compared: the conv biases that a group
+    norm cancels, whose gradients are rounding noise (~1e-10) that Adam scales up to whole steps
+    in either implementation."""
+    a = randomise_(tiny())
+    b = copy.deepcopy(a)
+    x, t, y = inputs(a.config)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01, fused=f)
+            for m, f in ((a, None), (b, True))]
+    for _ in range(3):
+        for m, opt in zip((a, b), opts):
+            opt.zero_grad()
+            m(x, t, y).square().mean().backward()
+            opt.step()
+    compared = 0
+    for p, q in zip(a.parameters(), b.parameters()):
+        if p.grad.abs().max() > 1e-7:
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+            compared += p.numel()
+    assert compared > 0.9 * sum(p.numel() for p in a.parameters())
 
 
 def test_bad_configs_and_inputs_raise_value_errors():
