@@ -42,6 +42,9 @@ class ALAEConfig(stylegan.StyleGANConfig):
     lr: float = M.arg(0.002, "Adam learning rate of the three steps (betas 0, 0.99)")
     r1_gamma: float = M.arg(10.0, "weight gamma of the R1 penalty on D(E(x)) at real images")
     d_layers: int = M.arg(3, "layers of the latent discriminator D, an MLP on w")
+    pixel_weight: float = M.arg(0.0, "weight of a pixel MSE |x - G(E(x))|^2 on the real batch in "
+                                     "step III for E and G (50: a VAE's likelihood, sigma 0.1); "
+                                     "0: ALAE as published, which reconstructs in W only")
     style_mixing: float = 0.0  # not a flag: ALAE drives every layer with one w
     augment: float = 0.0  # not a flag: D judges codes, and E sees the images as they are
 
@@ -50,7 +53,7 @@ class ALAEConfig(stylegan.StyleGANConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        M.check_ranges(self, positive=("d_layers",))
+        M.check_ranges(self, positive=("d_layers",), nonnegative=("pixel_weight",))
 
 # -----------------------------------------------------------------------------
 # the four networks
@@ -132,7 +135,7 @@ class ALAE(LatentShift):
     name = "alae"
     Config = ALAEConfig
     OPTIONS = {"ema": True}
-    LOG = ("d_adv", "g_adv", "latent_rec", "r1", "lr")
+    LOG = ("d_adv", "g_adv", "latent_rec", "pixel", "r1", "lr")
     NETS = ("F", "G", "E", "D", "F_ema", "G_ema", "E_ema")
     OPTIMIZERS = ("optimizer_d", "optimizer_g", "optimizer_rec")
     R1_EVERY = 16  # lazy regularisation
@@ -158,11 +161,11 @@ class ALAE(LatentShift):
         z = lambda: torch.randn(len(x), c.z_dim, device=x.device)  # noqa: E731
         d_adv, r1 = self.d_step(x, z(), step % self.R1_EVERY == 0)
         g_adv = self.g_step(z())
-        latent_rec = self.latent_step(z())
+        latent_rec, pixel = self.latent_step(z(), x)
         decay = M.ema_decay(step, c.ema_decay)
         for ema, net in ((self.F_ema, self.F), (self.G_ema, self.G), (self.E_ema, self.E)):
             M.update_ema(ema, net, decay)
-        values = torch.stack([d_adv, g_adv, latent_rec, r1]).tolist()
+        values = torch.stack([d_adv, g_adv, latent_rec, pixel, r1]).tolist()
         return {**dict(zip(self.LOG, values)), "lr": c.lr}
 
     def d_step(self, x, z, with_r1=True):
@@ -191,11 +194,16 @@ class ALAE(LatentShift):
         self.E.requires_grad_(True), self.D.requires_grad_(True)
         return loss.detach()
 
-    def latent_step(self, z):
-        """Step III: E and G make E(G(w)) return w = F(z)."""
+    def latent_step(self, z, x):
+        """Step III: E and G make E(G(w)) return w = F(z), and G(E(x)) return the real x by
+        pixel_weight x the pixel MSE (logged either way; 0 as published), decoded with the fixed
+        noise maps of `decode` (which also leaves the random stream as it was). Returns both."""
         loss = latent_reconstruction_loss(self.F, self.G, self.E, z)
-        self.update(self.optimizer_rec, loss)
-        return loss.detach()
+        with torch.set_grad_enabled(self.config.pixel_weight > 0):
+            noise = stylegan.fixed_noise(self.G, len(x), x.device)
+            pixel = (self.G(self.E(x), noise) - x).square().mean()
+        self.update(self.optimizer_rec, loss + self.config.pixel_weight * pixel)
+        return loss.detach(), pixel.detach()
 
     def update(self, optimizer, loss):
         """One Adam step of the optimizer's networks on loss, gradients averaged over processes."""

@@ -17,7 +17,8 @@ reconstruct = decode(encode(x)); encode gives the features that eval.py's `repre
                                      be nearer its own input than the batch's other images in D's
                                      embeddings, at a fine and a coarse scale, and than a queue
                                      of past images' embeddings by a momentum copy of D, as
-                                     MoCo); a small KL; encode = mu
+                                     MoCo); a small KL; encode = mu. pixel_weight > 0 keeps a
+                                     pixel MSE beside them (a VAE-GAN with DC-VAE's losses)
 
 The networks are DCGAN's (Radford et al. 2016), shared by the three: the encoder (and each
 discriminator's image branch) halves the size with 4x4 stride-2 convolutions and leaky ReLUs down
@@ -98,11 +99,14 @@ class DCVAEConfig(AutoencoderConfig):
     temperature: float = M.arg(0.07, "InfoNCE temperature")
     queue: int = M.arg(4096, "past real images' key embeddings kept as extra negatives (DC-VAE's "
                              "MoCo queue, 8,192 in its code); 0: the batch's own only")
+    pixel_weight: float = M.arg(0.0, "weight of the pixel MSE |x - G(z)|^2 for E and G beside the "
+                                     "contrastive term (50: the VAE's likelihood, sigma 0.1); 0: "
+                                     "DC-VAE as published, the contrastive term in its place")
 
     def __post_init__(self):
         super().__post_init__()
         M.check_ranges(self, positive=("contrastive_dim", "temperature"),
-                       nonnegative=("kl_weight", "contrastive_weight", "queue"))
+                       nonnegative=("kl_weight", "contrastive_weight", "queue", "pixel_weight"))
 
 # -----------------------------------------------------------------------------
 # networks
@@ -432,7 +436,8 @@ class DCVAE(Autoencoder):
         the embeddings of each reconstruction (query) and of the real images by D_key, the
         momentum copy of D (keys), with the queue of past keys as more negatives (instance level;
         D learns the embedding). Then E and G: fool D with both fake kinds, InfoNCE through D
-        frozen, and kl_weight x KL. No pixel loss: the contrastive term ties x' to its own x."""
+        frozen, kl_weight x KL, and pixel_weight x the pixel MSE (0 as published: the contrastive
+        term alone ties x' to its own x)."""
         c, x = self.config, batch[0]
         self.E.train(), self.G.train()
         mu, logvar = self.E(x).chunk(2, 1)
@@ -456,17 +461,18 @@ class DCVAE(Autoencoder):
         g_adv = 0.5 * (adversarial_loss("ns", rec_s, True) + adversarial_loss("ns", smp_s, True))
         nce = multiscale_info_nce(centred(rec_e, centres), keys, c.temperature, self.queue)
         kl = kl_divergence(mu, logvar).mean()
+        with torch.set_grad_enabled(c.pixel_weight > 0):  # logged either way
+            mse = (recon - x).square().mean()
         self.optimizer.zero_grad(set_to_none=True)
-        (g_adv + c.contrastive_weight * nce + c.kl_weight * kl).backward()
+        (g_adv + c.contrastive_weight * nce + c.kl_weight * kl + c.pixel_weight * mse).backward()
         self.D.requires_grad_(True)
         M.average_gradients([*self.E.parameters(), *self.G.parameters()])
         self.optimizer.step()
         self.update_ema(step)
         M.update_ema(self.D_key, self.D, self.KEY_MOMENTUM)
         self.enqueue(keys)
-        mse = (recon.detach() - x).square().mean().item()
         return {"d_adv": d_adv.item(), "g_adv": g_adv.item(), "nce": nce.item(),
-                "kl": kl.item(), "mse": mse, "lr": c.lr}
+                "kl": kl.item(), "mse": mse.item(), "lr": c.lr}
 
     def enqueue(self, keys):
         """Put this batch's keys in place of the oldest ones of the queue (a ring)."""

@@ -38,7 +38,7 @@ def test_each_step_trains_its_own_two_networks_only(ds):
     z = lambda: torch.randn(8, net.config.z_dim)  # noqa: E731
     nets = {n: getattr(net, n) for n in "FGED"}
     for run, trained in ((lambda: net.d_step(x, z()), "DE"), (lambda: net.g_step(z()), "FG"),
-                         (lambda: net.latent_step(z()), "EG")):
+                         (lambda: net.latent_step(z(), x), "EG")):
         for m in nets.values():
             m.zero_grad(set_to_none=True)
         before = {n: [p.clone() for p in m.parameters()] for n, m in nets.items()}
@@ -49,6 +49,31 @@ def test_each_step_trains_its_own_two_networks_only(ds):
                  if any(not torch.equal(a, p) for a, p in zip(before[n], m.parameters()))}
         assert graded == moved == set(trained), (trained, graded, moved)
         assert all(p.requires_grad for m in nets.values() for p in m.parameters())
+
+
+def test_pixel_term_is_off_as_published_and_reconstructs_when_on(ds):
+    """pixel_weight 0: step III is exactly the latent reconstruction step of Algorithm 1 (the same
+    weights and random stream after it, bitwise). 50: G(E(x)) comes much nearer the real x than
+    the latent step alone brings it."""
+    x = ds.images[:8]
+    published, by_hand = tiny(), tiny()
+    torch.manual_seed(1)
+    published.latent_step(torch.randn(8, published.config.z_dim), x)
+    rng = torch.get_rng_state()
+    torch.manual_seed(1)
+    by_hand.update(by_hand.optimizer_rec, latent_reconstruction_loss(
+        by_hand.F, by_hand.G, by_hand.E, torch.randn(8, by_hand.config.z_dim)))
+    assert torch.equal(rng, torch.get_rng_state())
+    for a, b in zip(published.E.parameters(), by_hand.E.parameters()):
+        assert torch.equal(a, b)
+    pixel = {}
+    for weight in (0.0, 50.0):
+        torch.manual_seed(0)
+        net = ALAE(ALAEConfig.preset("tiny", image_size=16, in_channels=3, num_classes=3,
+                                     steps=4, pixel_weight=weight))
+        pixel[weight] = [net.latent_step(torch.randn(8, net.config.z_dim), x)[1].item()
+                         for _ in range(30)]
+    assert pixel[50.0][-1] < 0.5 * pixel[0.0][-1]
 
 
 def test_training_then_translation_is_the_decoded_class_mean_shift(ds):
