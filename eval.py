@@ -443,8 +443,10 @@ def cmd_represent(a):
     floors (channel statistics, pixels, random weights), a table and a PCA map; for methods that
     decode, reconstructions (F1 against reconstruction: the paper's Fig. 2) and decoded paths."""
     loaded = [M.load_method(p, a.device) for p in a.ckpt]
-    pngs = {i: f"interpolation_{i + 1}_{ckpt['method']}.png"
-            for i, (net, ckpt) in enumerate(loaded) if hasattr(net, "decode")}
+    runs = [Path(p).name if Path(p).is_dir() else Path(p).stem for p in a.ckpt]
+    runs = [r if runs.count(r) == 1 else f"{i + 1}_{r}" for i, r in enumerate(runs)]
+    pngs = {i: f"interpolation_{runs[i]}.png"  # named by run: a longer list renames nothing
+            for i, (net, _) in enumerate(loaded) if hasattr(net, "decode")}
     folder = out(a, "representation.md", "representation.csv", "map.png", "fig2.png",
                  *pngs.values())
     size = {ckpt["config"]["image_size"] for _, ckpt in loaded}

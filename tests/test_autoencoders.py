@@ -213,4 +213,6 @@ def test_bad_settings_end_in_one_line(tmp_path):
         train.main, run + ["--method", "bigan", "--image-size", "24"])
     assert "--temperature: must be a finite number, got nan" in fails(
         train.main, run + ["--method", "dcvae", "--image-size", "16", "--temperature", "nan"])
+    assert "--pixel-weight must be a finite number >= 0" in fails(
+        train.main, run + ["--method", "dcvae", "--image-size", "16", "--pixel-weight", "-1"])
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())

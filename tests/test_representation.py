@@ -244,7 +244,7 @@ def test_an_exact_autoencoder_decodes_a_path_that_loses_actin(fakes, tmp_path):
     assert cells < -0.8 and real < -0.8, row
     with open(tmp_path / "r" / "representation.csv") as f:
         assert len(list(csv.DictReader(f))) == 8  # 4 feature sets x 2 tasks
-    assert (tmp_path / "r" / "interpolation_1_fake_autoencoder.png").stat().st_size > 1000
+    assert (tmp_path / "r" / "interpolation_ae.png").stat().st_size > 1000
     fig2 = md[md.index("## F1 against reconstruction"):].splitlines()
     exact = next(line for line in fig2 if line.startswith(f"| fake_autoencoder ({ckpt})"))
     assert exact.split("|")[4].strip() == "0.0000"  # decode(encode(x)) = x
