@@ -11,7 +11,8 @@ paper alternates three Adam steps, each on its own z ~ N(0, I):
 
 The reconstruction (III) is in W, not in pixels: E learns to invert G on the codes F gives, while
 the game of I and II makes E(x) of real images distributed as F(z) (sec. 4), so that real images
-encode to codes that G decodes. StyleALAE (sec. 5): G is StyleGAN's synthesis, and E mirrors it
+encode to codes that G decodes (pixel_weight > 0 adds x - G(E(x)) in pixels to step III, a
+departure for small budgets). StyleALAE (sec. 5): G is StyleGAN's synthesis, and E mirrors it
 layer for layer, mapping the per-channel mean and std of each conv's features (what G's style
 sets in the mirrored layer) to w, then instance-normalising them. Reused from stylegan.py: the
 mapping (one class: ALAE is unconditional, labels are ignored), the synthesis, the equalised-lr

@@ -130,20 +130,25 @@ def test_dcvae_embeddings_tell_real_images_apart_but_not_one_repeated_image():
         assert info_nce(own, own, t) < 0.5 * math.log(64)  # the failure the real centre avoids
 
 
+def train_beside_a_blind_discriminator(net, x, y, logged):
+    """20 steps: (whether E or G moved, the logged reconstruction error at each step)."""
+    nets = lambda: (*net.E.parameters(), *net.G.parameters())  # noqa: E731
+    before = [p.clone() for p in nets()]
+    errors = [net.train_step((x, y), step)[logged] for step in range(20)]
+    return any(not torch.equal(p, q) for p, q in zip(before, nets())), errors
+
+
 def test_bigan_cycle_term_reaches_encoder_and_generator(ds):
     """With a blind D (constant output, frozen) BiGAN's adversarial loss gives E and G no gradient,
     so only ALICE's cycle term can move them: with cycle_weight 0 they stay put, with 10 the
     reconstruction error falls step after step."""
-    x, y = ds.images[:8], ds.labels[:8]
     for weight in (0.0, 10.0):
         torch.manual_seed(0)
         net = BiGAN(BiGAN.Config.preset("tiny", **SHAPE, cycle_weight=weight, lr=1e-3), ema=False)
         net.D.joint[-1].weight.data.zero_()
         net.optimizer_d.param_groups[0]["lr"] = 0.0
-        before = [p.clone() for p in (*net.E.parameters(), *net.G.parameters())]
-        cycle = [net.train_step((x, y), step)["cycle"] for step in range(20)]
-        moved = any(not torch.equal(p, q) for p, q in
-                    zip(before, (*net.E.parameters(), *net.G.parameters())))
+        moved, cycle = train_beside_a_blind_discriminator(net, ds.images[:8], ds.labels[:8],
+                                                          "cycle")
         assert moved == (weight > 0)
         if weight:
             assert cycle[-1] < 0.8 * cycle[0]
@@ -165,17 +170,13 @@ class BlindDiscriminator(torch.nn.Module):
 def test_dcvae_pixel_term_reaches_encoder_and_generator(ds):
     """With a blind D and no KL only the pixel term can move E and G: with pixel_weight 0 (as
     published) they stay put, with 50 the reconstruction error falls step after step."""
-    x, y = ds.images[:8], ds.labels[:8]
     for weight in (0.0, 50.0):
         torch.manual_seed(0)
         net = DCVAE(DCVAE.Config.preset("tiny", **SHAPE, pixel_weight=weight, kl_weight=0.0,
                                         queue=0, contrastive_dim=2, lr=1e-3), ema=False)
         net.D, net.D_key = BlindDiscriminator(), BlindDiscriminator()
         net.optimizer_d = torch.optim.SGD(net.D.parameters(), lr=0.0)
-        before = [p.clone() for p in (*net.E.parameters(), *net.G.parameters())]
-        mse = [net.train_step((x, y), step)["mse"] for step in range(20)]
-        moved = any(not torch.equal(p, q) for p, q in
-                    zip(before, (*net.E.parameters(), *net.G.parameters())))
+        moved, mse = train_beside_a_blind_discriminator(net, ds.images[:8], ds.labels[:8], "mse")
         assert moved == (weight > 0)
         if weight:
             assert mse[-1] < 0.8 * mse[0]
