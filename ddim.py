@@ -81,30 +81,38 @@ def loss(model, x0, y, alpha, generator=None):
 
 def ddim_step(x_t, eps, alpha_t, alpha_prev):
     """eq. 5: one deterministic DDIM step towards the data, from level alpha_t to
-    alpha_prev > alpha_t.
+    alpha_prev > alpha_t (alpha_prev = 1: the x_0 prediction itself).
 
-    Paper form: x_prev = sqrt(a_prev) * (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
-    + sqrt(1 - a_prev) eps, i.e. predict x_0, then re-noise it to level a_prev with the same eps.
-    Rearranged as c_x x_t + c_eps eps with both coefficients in float64 scalars, so x's dtype
-    rounds once; alpha_prev = 1 returns the x_0 prediction. alpha_t, alpha_prev: floats or 0-d
-    tensors.
-    """
-    a_t, a_prev = float(alpha_t), float(alpha_prev)
-    c_x = math.sqrt(a_prev / a_t)
-    c_eps = math.sqrt(1 - a_prev) - math.sqrt(a_prev * (1 - a_t) / a_t)
-    return c_x * x_t + c_eps * eps  # eq. 5
+    The paper writes x_{t-1} = sqrt(a_{t-1} / a_t) x_t + sqrt(a_{t-1}) gamma_t eps with
+    gamma_t = sqrt(1 / a_{t-1} - 1) - sqrt(1 / a_t - 1): predict x_0 = (x_t - sqrt(1 - a_t) eps) /
+    sqrt(a_t), then re-noise it to level a_{t-1} with the same eps. Here that is c_x x_t + c_eps eps
+    with c_x = sqrt(a_prev / a_t) and c_eps = sqrt(a_prev) gamma_t; the paper's timesteps start at
+    1, the code's at 0, so the paper's a_t is alpha[t - 1] here (the clean image: a = 1)."""
+    return _ddim(x_t, eps, alpha_t, alpha_prev)  # eq. 5
 
 
 def ddim_invert_step(x_t, eps, alpha_t, alpha_next):
     """eq. 6: one DDIM inversion step towards the noise, from level alpha_t to alpha_next < alpha_t.
 
-    x_next = sqrt(a_next) * (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) + sqrt(1 - a_next) eps: the same
-    map as eq. 5 with the levels swapped, using eps at x_t in place of the unknown eps at x_next.
-    """
-    a_t, a_next = float(alpha_t), float(alpha_next)
-    c_x = math.sqrt(a_next / a_t)
-    c_eps = math.sqrt(1 - a_next) - math.sqrt(a_next * (1 - a_t) / a_t)
-    return c_x * x_t + c_eps * eps  # eq. 6
+    The same map as eq. 5 with the levels swapped (the same body, `_ddim`), using eps at x_t in
+    place of the unknown eps at x_next: that approximation is why plain inversion does not
+    round-trip exactly (`invert(..., fixed_point_iters=k)` removes it)."""
+    return _ddim(x_t, eps, alpha_t, alpha_next)  # eq. 6
+
+
+def _ddim(x, eps, a_from, a_to):
+    """x at level a_from -> level a_to with the same eps: c_x x + c_eps eps, both coefficients
+    float64 scalars, so x's dtype rounds once. Levels: floats or 0-d tensors."""
+    a_from, a_to = float(a_from), float(a_to)
+    c_x = math.sqrt(a_to / a_from)
+    c_eps = math.sqrt(a_to) * (math.sqrt(1 / a_to - 1) - math.sqrt(1 / a_from - 1))  # sqrt(a) gamma
+    return c_x * x + c_eps * eps
+
+
+def x0_from_eps(x_t, eps, alpha_t):
+    """The clean image the model sees in x_t: (x_t - sqrt(1 - a) eps) / sqrt(a)."""
+    a = float(alpha_t)
+    return (x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
 
 
 def predict_eps(model, x, t, y, alpha, guidance=0.0, null_label=None):
@@ -157,18 +165,26 @@ def clip_eps(x_t, eps, alpha_t):
     later steps never undo; clipping (DDPM's `clip_denoised`) keeps samples from pure noise in
     range."""
     a = float(alpha_t)
-    x0 = ((x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
+    x0 = x0_from_eps(x_t, eps, a).clamp(-1, 1)
     return (x_t - math.sqrt(a) * x0) / math.sqrt(1 - a)
+
+
+def _record(trajectory, t, x, x0):
+    """One step of a trajectory, when one is asked for: the timestep reached (-1: clean), the
+    image there and the x_0 the step predicted, on the CPU."""
+    if trajectory is not None:
+        trajectory.append({"t": t, "x": x.detach().cpu(), "x0": x0.detach().cpu()})
 
 
 @torch.no_grad()
 def sample(model, x_T, y, alpha, num_steps, guidance=0.0, null_label=None, progress=False,
-           clip=False):
+           clip=False, trajectory=None):
     """Deterministic DDIM sampling (eq. 5) from the latent x_T at t_n = T - 1 down to a clean image.
 
     clip=True clips each x_0 prediction to [-1, 1]: for samples from pure noise only, since it
     breaks the symmetry with `invert` that translation and reconstruction rely on (the paper does
-    not clip)."""
+    not clip). trajectory: a list to which each step appends {t, x, x0} (nothing is kept when
+    None)."""
     ts = timesteps(num_steps, len(alpha)).tolist()
     levels = [1.0] + [alpha[t].item() for t in ts]  # levels[i] = alpha at t_i, levels[0] = clean
     x = x_T
@@ -176,20 +192,22 @@ def sample(model, x_T, y, alpha, num_steps, guidance=0.0, null_label=None, progr
         eps = predict_eps(model, x, ts[i - 1], y, alpha, guidance, null_label)
         if clip:
             eps = clip_eps(x, eps, levels[i])
+        x0 = x0_from_eps(x, eps, levels[i]) if trajectory is not None else None
         x = ddim_step(x, eps, levels[i], levels[i - 1])  # eq. 5
+        _record(trajectory, ts[i - 2] if i > 1 else -1, x, x0)
     return x
 
 
 @torch.no_grad()
 def invert(model, x_0, y, alpha, num_steps, fixed_point_iters=0, guidance=0.0, null_label=None,
-           progress=False):
+           progress=False, trajectory=None):
     """DDIM inversion (eq. 6) from a clean image to its latent at t_n = T - 1.
 
     fixed_point_iters = k > 0 (exact inversion, beyond the paper) refines each step k times by
     x_next <- eq6(x, eps(x_next, t_next)), which converges to the x_next that the eq. 5 step maps
     back onto x exactly: invert then sample under the same label then round-trips at any step
-    count.
-    """
+    count. trajectory: a list to which each step appends {t, x, x0} (x0: the clean image the
+    last eps used implies at the level it was evaluated)."""
     ts = timesteps(num_steps, len(alpha)).tolist()
     levels = [1.0] + [alpha[t].item() for t in ts]
     x = x_0
@@ -201,5 +219,7 @@ def invert(model, x_0, y, alpha, num_steps, fixed_point_iters=0, guidance=0.0, n
             eps = predict_eps(model, x_next, ts[i], y, alpha, guidance, null_label)
             # eq. 6 with eps at the far end
             x_next = ddim_invert_step(x, eps, levels[i], levels[i + 1])
+        if trajectory is not None:
+            _record(trajectory, ts[i], x_next, x0_from_eps(x, eps, levels[i]))
         x = x_next
     return x

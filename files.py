@@ -11,6 +11,7 @@ One set of rules for the whole project:
 """
 import argparse
 import contextlib
+import csv
 import fcntl
 import os
 import re
@@ -275,7 +276,10 @@ def real(text):
 
 
 def device(text):
-    """An argparse type: cpu, cuda or cuda:N, refused when that GPU is not visible."""
+    """An argparse type: cpu, cuda, cuda:N or auto (cuda when a GPU is visible), refused when that
+    GPU is not visible."""
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(text)
     except RuntimeError:
@@ -286,6 +290,51 @@ def device(text):
     if dev.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use cpu or cuda")
     return text
+
+
+REQUIRED = object()  # add_flags: a flag the user must give
+# the flags several command lines share, each defined here once; a command picks them, with its own
+# defaults, through add_flags. The method options are the inference choices of method.OPTIONS.
+FLAGS = {
+    "ckpt": dict(help="a checkpoint, or a run folder holding last.pt, of any method"),
+    "data": dict(help="synthetic | synthetic-golgi | a class folder | an .npz | a BBBC021 root"),
+    "out": dict(help="output folder"),
+    "overwrite": dict(action="store_true", help="replace earlier outputs in --out"),
+    "seed": dict(type=int, help="random seed"),
+    "device": dict(type=device, help="cpu, cuda, cuda:N or auto (cuda when a GPU is visible)"),
+    "batch_size": dict(type=integer(1), help="images per batch"),
+    "workers": dict(type=integer(1), help="processes for cell features"),
+    "ddim_steps": dict(type=integer(1), help="phendiff: DDIM steps each way"),
+    "fixed_point_iters": dict(type=integer(0),
+                              help="phendiff: exact inversion, k fixed-point iterations per step "
+                                   "(0: eq. 6 as in the paper)"),
+    "guidance": dict(type=real, help="phendiff: classifier-free guidance scale w (0: none)"),
+    "projection": dict(choices=["w", "w+"], help="stylegan: PhenEx/W or PhenEx/W+ (w)"),
+    "projection_steps": dict(type=integer(1), help="stylegan: projection steps per image"),
+}
+
+
+def add_flags(parser, **defaults):
+    """Add the shared flags named (FLAGS), each with the given default; REQUIRED makes the user
+    give it, None leaves it unset (e.g. a method option that defaults to the method's own)."""
+    for name, default in defaults.items():
+        kw = dict(FLAGS[name])
+        if default is REQUIRED:
+            kw["required"] = True
+        elif kw.get("action") != "store_true":
+            kw["default"] = default
+            if default is not None:
+                kw["help"] += " (%(default)s)"
+        parser.add_argument("--" + name.replace("_", "-"), **kw)
+
+
+def write_csv(path, header, rows):
+    """A CSV file of rows, floats to 6 significant digits."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows])
+    print(f"wrote {path}")
 
 
 def run_command(parser, argv=None):

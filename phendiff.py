@@ -25,12 +25,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import data
 import ddim
-import demo
 import files
 import method as M
-import plots
 from model import UNet, UNetConfig
 
 # -----------------------------------------------------------------------------
@@ -129,6 +126,11 @@ class PhenDiff(M.Method):
 
     def __init__(self, config, device="cpu", **options):
         self.config, self.options = config, self.check_options(options)
+        if self.options["guidance"] and not config.p_uncond:
+            raise ValueError(f"--guidance {self.options['guidance']:g}: this model was trained "
+                             "without label dropout (--p-uncond 0), so it never learned the null "
+                             "label that guidance subtracts; use guidance 0, or a model trained "
+                             "with train.py --p-uncond 0.1")
         device = torch.device(device)
         cuda = device.type == "cuda"
         # GPU speed defaults; on the CPU bf16 autocast is 3x slower, so it stays fp32 there
@@ -213,13 +215,16 @@ class PhenDiff(M.Method):
             self.optimizer.load_state_dict(state["optimizer"])
 
 # -----------------------------------------------------------------------------
-# command line: translate and reconstruct with a checkpoint of any method; demo; export
+# command line: translate and reconstruct with a checkpoint of any method; demo; export.
+# What it reads, draws and reports comes from data.py and the evaluation folder, imported by the
+# commands that use them: the method above needs neither (`import phendiff` stays light).
 
 
 def read_inputs(image_files, ckpt, fit="crop"):
     """Files -> (B, C, H, W) in [-1, 1] with the checkpoint's normalisation and size. An image of
     another size is centre-cropped (which keeps the cells' scale), or resized up when smaller;
     fit="resize" resizes the centre square of every one (data.fit_size)."""
+    import data
     cfg, images, resized = ckpt["config"], [], []
     for f in image_files:
         raw = files.read_image(f)
@@ -259,6 +264,8 @@ def method_options(args):
 
 
 def cmd_translate(args):
+    import data
+    from evaluation import plots
     clock = [time.perf_counter()]
     image_files = files.list_images(args.input)
     net, ckpt = M.load_translator(args.ckpt, args.device, **method_options(args))
@@ -309,46 +316,33 @@ def cmd_export(args):
 
 
 def get_parser():
+    from evaluation import demo
     p = files.Parser(prog="phendiff.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
     for name, what in (("translate", "translate images to other classes with any method"),
                        ("reconstruct", "translate images to their own class (Table 2)")):
         t = sub.add_parser(name, help=what)
-        t.add_argument("--ckpt", required=True, help="a checkpoint or run folder of any method")
+        files.add_flags(t, ckpt=files.REQUIRED)
         t.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
         t.add_argument("--source", required=True, help="class of the input images")
         if name == "translate":
             t.add_argument("--target", nargs="+", required=True,
                            help="target classes; a compound name means all its concentrations")
-        t.add_argument("--out", default="translated", help="output folder (%(default)s)")
-        t.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
-        t.add_argument("--batch-size", type=files.integer(1), default=32)
-        t.add_argument("--device", type=files.device, default=dev)
+        files.add_flags(t, out="translated", overwrite=False, batch_size=32, device="auto")
         t.add_argument("--fit", choices=["crop", "resize"], default="crop",
                        help="images of another size: centre crop, smaller ones resized (crop), or "
                             "the centre square resized, area-averaged (resize)")
         g = t.add_argument_group("method options (default: the method's own)")
-        g.add_argument("--ddim-steps", type=files.integer(1),
-                       help="phendiff: DDIM steps each way (100)")
-        g.add_argument("--fixed-point-iters", type=files.integer(0),
-                       help="phendiff: exact inversion with k fixed-point iterations (0: eq. 6)")
-        g.add_argument("--guidance", type=files.real,
-                       help="phendiff: classifier-free guidance w (0)")
+        files.add_flags(g, ddim_steps=None, fixed_point_iters=None, guidance=None)
         g.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
-        g.add_argument("--projection", choices=["w", "w+"],
-                       help="stylegan: PhenEx/W or PhenEx/W+ (w)")
-        g.add_argument("--projection-steps", type=files.integer(1),
-                       help="stylegan: projection steps per image (1000)")
+        files.add_flags(g, projection=None, projection_steps=None)
         t.set_defaults(run=cmd_translate, target=None)
     d = sub.add_parser("demo",
                        help="PhenDiff (or any method) on the synthetic benchmark: report.md")
-    demo.add_arguments(d, dev)
+    demo.add_arguments(d)
     d.set_defaults(run=demo.run)
     e = sub.add_parser("export", help="a checkpoint without optimizer/RNG state, for sharing")
-    e.add_argument("--ckpt", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    files.add_flags(e, ckpt=files.REQUIRED, out=files.REQUIRED, overwrite=False)
     e.set_defaults(run=cmd_export)
     return p
 

@@ -31,8 +31,8 @@ from tqdm import tqdm
 import data
 import files
 import method as M
-import plots
-from eval import reconstruction_error
+from evaluation import plots
+from evaluation.scores import reconstruction_error
 
 # evaluation grid: 8 fixed images, their translations to <= 10 classes
 GRID_COLS, GRID_MAX_ROWS = 8, 10

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import inception
+from evaluation import inception
 
 # The test workloads are tiny: intra-op threads buy nothing, and on a shared 2-core machine their
 # spin-waiting turned a 1 s training test into 69 s. One thread also fixes the reduction order.

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
 import eval as E
+from evaluation import stats
 import files
+from tools import prepare
 import method as M
 import phendiff
 import train
@@ -190,15 +191,15 @@ def test_eval_and_data_commands(run, tmp_path, inception_weights):
     assert "argument --n: must be at least 1, got 0" in fails(
         E.main, ["recon", "--ckpt", str(ckpt), "--n", "0", "--out", str(tmp_path / "e")])
     assert "argument --n-per-class: must be at least 1, got -1" in fails(
-        data.main, ["synthetic", "--n-per-class", "-1", "--out", str(tmp_path / "s")])
+        prepare.main, ["synthetic", "--n-per-class", "-1", "--out", str(tmp_path / "s")])
     assert "argument --size: must be at least 8, got 0" in fails(
-        data.main, ["synthetic", "--size", "0", "--out", str(tmp_path / "s")])
+        prepare.main, ["synthetic", "--size", "0", "--out", str(tmp_path / "s")])
     (tmp_path / "broken.pth").write_bytes(b"\x00" * 100)  # a truncated weights file
     msg = fails(E.main, ["fid", str(root / "DMSO"), str(root / "DMSO"), "--inception-weights",
                          str(tmp_path / "broken.pth")])
     assert "broken.pth is not the Inception weights file" in msg
     with pytest.raises(ValueError, match="first feature set has 1 NaN"):
-        E.feature_distance(np.array([[np.nan, 0.0], [1.0, 1.0]]), np.eye(2))
+        stats.feature_distance(np.array([[np.nan, 0.0], [1.0, 1.0]]), np.eye(2))
     assert not any((tmp_path / n).exists() for n in ("e", "s"))
 
 

@@ -10,6 +10,7 @@ from scipy import ndimage
 
 import data
 import files
+from tools import prepare
 from tests.helpers import fails
 
 
@@ -256,7 +257,7 @@ def test_sites_split_holds_out_whole_fields_of_view(tmp_path):
     site = np.array(["A_s1", "A_s1", "A_s2", "B_s1", "B_s2", "B_s2"])
     np.savez(tmp_path / "crops.npz", images=rng.integers(0, 9, (6, 8, 8, 3)).astype(np.uint16),
              labels=np.array([0, 0, 0, 1, 1, 1]), classes=np.array(["DMSO", "drug"]), site=site)
-    data.main(["sites", "--data", str(tmp_path / "crops.npz"), "--test", "A_s2", "B_s1",
+    prepare.main(["sites", "--data", str(tmp_path / "crops.npz"), "--test", "A_s2", "B_s1",
                "--out", str(tmp_path / "split")])
     with np.load(tmp_path / "split" / "train.npz") as tr, \
             np.load(tmp_path / "split" / "test.npz") as te:
@@ -264,9 +265,9 @@ def test_sites_split_holds_out_whole_fields_of_view(tmp_path):
         assert list(te["site"]) == ["A_s2", "B_s1"] and list(te["labels"]) == [0, 1]
         assert list(te["classes"]) == ["DMSO", "drug"]  # arrays not per crop are kept whole
     run = ["sites", "--data", str(tmp_path / "crops.npz"), "--out", str(tmp_path / "other")]
-    assert "not in" in fails(data.main, run + ["--test", "C_s9"])
-    assert "no images of class(es) ['drug']" in fails(data.main, run + ["--test", "B_s1", "B_s2"])
-    assert "already" in fails(data.main, run[:-1] + [str(tmp_path / "split"), "--test", "A_s2",
+    assert "not in" in fails(prepare.main, run + ["--test", "C_s9"])
+    assert "no images of class(es) ['drug']" in fails(prepare.main, run + ["--test", "B_s1", "B_s2"])
+    assert "already" in fails(prepare.main, run[:-1] + [str(tmp_path / "split"), "--test", "A_s2",
                                                       "B_s1"])
 
 
@@ -305,7 +306,7 @@ def test_bbbc021_loader_and_prepare(tmp_path):
     np.testing.assert_allclose(raw.numpy(), [10000, 20000, 30000], rtol=0.01)
     assert data.load_dataset(str(root), image_size=16, fit="resize").images.shape == (5, 3, 16, 16)
     out = tmp_path / "prepared"
-    data.main(["prepare", "--bbbc021", str(root), "--compounds", "latrunculin B", "--size", "16",
+    prepare.main(["prepare", "--bbbc021", str(root), "--compounds", "latrunculin B", "--size", "16",
                "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == ds.classes
     again = data.load_dataset(str(out), image_size=16)
@@ -315,12 +316,12 @@ def test_bbbc021_loader_and_prepare(tmp_path):
     np.testing.assert_array_equal(files.read_image(out / "DMSO" / "000000.tif"), raw0[0])
     with pytest.raises(SystemExit):
         # --out is not empty
-        data.main(["prepare", "--bbbc021", str(root), "--size", "16", "--out", str(out)])
+        prepare.main(["prepare", "--bbbc021", str(root), "--size", "16", "--out", str(out)])
 
 
 def test_synthetic_command_writes_folders_that_load_back_identically(tmp_path, capsys):
     out = tmp_path / "syn"
-    data.main(["synthetic", "--kind", "golgi", "--n-per-class", "3", "--size", "32",
+    prepare.main(["synthetic", "--kind", "golgi", "--n-per-class", "3", "--size", "32",
                "--out", str(out)])
     ds = data.synthetic_dataset("golgi", 3, 32)
     back = data.load_dataset(str(out), image_size=32, normalization=data.UNIT_NORM)
@@ -330,9 +331,9 @@ def test_synthetic_command_writes_folders_that_load_back_identically(tmp_path, c
     assert (len(rows) == 6 and rows[0]["file"] == "DMSO/DMSO_00000.png"
             and float(rows[3]["golgi_fragments"]) > 0)
     with pytest.raises(SystemExit):
-        data.main(["synthetic", "--n-per-class", "1", "--size", "16", "--out", str(out)])
+        prepare.main(["synthetic", "--n-per-class", "1", "--size", "16", "--out", str(out)])
     assert "already holds" in capsys.readouterr().err
-    data.main(["montage", "--out", str(tmp_path / "docs"), "--size", "16", "--rows", "1",
+    prepare.main(["montage", "--out", str(tmp_path / "docs"), "--size", "16", "--rows", "1",
                "--scale", "1"])
     assert len(list((tmp_path / "docs").glob("montage_*.png"))) == 4
 

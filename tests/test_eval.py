@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import eval as E
+from evaluation import commands, scores, stats
 
 
 def rand_cov(rng, d):
@@ -22,13 +23,13 @@ def rand_cov(rng, d):
 def test_frechet_identical_is_zero():
     rng = np.random.default_rng(0)
     mu, s = rng.standard_normal(6), rand_cov(rng, 6)
-    assert abs(E.frechet_distance(mu, s, mu, s)) < 1e-8
+    assert abs(stats.frechet_distance(mu, s, mu, s)) < 1e-8
 
 
 def test_frechet_equal_covariances_is_mean_distance():
     rng = np.random.default_rng(1)
     mu1, mu2, s = rng.standard_normal(6), rng.standard_normal(6), rand_cov(rng, 6)
-    assert E.frechet_distance(mu1, s, mu2, s) == pytest.approx(((mu1 - mu2) ** 2).sum(), rel=1e-6)
+    assert stats.frechet_distance(mu1, s, mu2, s) == pytest.approx(((mu1 - mu2) ** 2).sum(), rel=1e-6)
 
 
 def test_frechet_diagonal_covariances():
@@ -36,14 +37,14 @@ def test_frechet_diagonal_covariances():
     mu1, mu2, a, b = (rng.standard_normal(5), rng.standard_normal(5),
                       rng.random(5) + 0.1, rng.random(5) + 0.1)
     expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    assert E.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-6)
+    assert stats.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_frechet_singular_and_bad_shapes():
     s = np.diag([1.0, 0.0, 0.0])  # singular: the eps safeguard must keep the result finite
-    assert math.isfinite(E.frechet_distance(np.zeros(3), s, np.ones(3), s))
+    assert math.isfinite(stats.frechet_distance(np.zeros(3), s, np.ones(3), s))
     with pytest.raises(ValueError, match="shape"):
-        E.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+        stats.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
 # fewer images than dimensions (nuclear-norm path) and more (sqrtm)
@@ -54,8 +55,8 @@ def test_feature_distance_matches_eigenvalue_formula(n):
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
     tr = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
     expected = ((f1.mean(0) - f2.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr
-    assert E.feature_distance(f1, f2) == pytest.approx(expected, rel=1e-6)
-    assert (E.fid(f1[:, :3, None, None], f1[:, :3, None, None], lambda x: x.flatten(1))
+    assert stats.feature_distance(f1, f2) == pytest.approx(expected, rel=1e-6)
+    assert (scores.fid(f1[:, :3, None, None], f1[:, :3, None, None], lambda x: x.flatten(1))
             == pytest.approx(0, abs=1e-9))
 
 
@@ -64,16 +65,16 @@ def test_feature_distance_matches_eigenvalue_formula(n):
 
 def test_reconstruction_error_units():
     x = torch.rand(3, 3, 8, 8) * 1.6 - 0.8
-    e = E.reconstruction_error(x, x)
+    e = scores.reconstruction_error(x, x)
     assert e["l2"].max() == 0 and (e["psnr"] >= 119).all()  # the 1e-12 floor of the MSE
-    e = E.reconstruction_error(x, x + 0.1)  # off by 0.1 in [-1, 1]
+    e = scores.reconstruction_error(x, x + 0.1)  # off by 0.1 in [-1, 1]
     np.testing.assert_allclose(e["l2"], 0.1 * math.sqrt(3 * 8 * 8), rtol=1e-5)
     np.testing.assert_allclose(e["mse"], 0.05 ** 2, rtol=1e-5)
     np.testing.assert_allclose(e["psnr"], -10 * math.log10(0.05 ** 2), rtol=1e-5)
     far = torch.full_like(x, 0.9)
     # clamped to 1
-    np.testing.assert_allclose(E.reconstruction_error(x, far + 5)["l2"],
-                               E.reconstruction_error(x, far + 0.1)["l2"])
+    np.testing.assert_allclose(scores.reconstruction_error(x, far + 5)["l2"],
+                               scores.reconstruction_error(x, far + 0.1)["l2"])
 
 
 def test_phendiff_reconstruction_is_exact_with_a_zero_model():
@@ -83,7 +84,7 @@ def test_phendiff_reconstruction_is_exact_with_a_zero_model():
     net = phendiff.PhenDiff(config, ddim_steps=5)
     x = torch.rand(3, 3, 16, 16) * 1.6 - 0.8
     rec = net.reconstruct(x, torch.tensor([0, 1, 1]))
-    assert E.reconstruction_error(x, rec)["l2"].max() < 1e-3
+    assert scores.reconstruction_error(x, rec)["l2"].max() < 1e-3
 
 
 # -----------------------------------------------------------------------------
@@ -206,25 +207,25 @@ def test_spearman_is_scipys_on_the_finite_pairs_and_nan_when_undefined():
     rng = np.random.default_rng(0)
     # ties in a: average ranks, as scipy
     a, b = rng.integers(0, 4, 8).astype(float), rng.normal(size=8)
-    assert E.spearman(a, b) == pytest.approx(spearmanr(a, b)[0], abs=1e-12)
+    assert stats.spearman(a, b) == pytest.approx(spearmanr(a, b)[0], abs=1e-12)
     a[2], b[5] = np.nan, np.inf
     ok = np.isfinite(a) & np.isfinite(b)
-    assert E.spearman(a, b) == pytest.approx(spearmanr(a[ok], b[ok])[0], abs=1e-12)
+    assert stats.spearman(a, b) == pytest.approx(spearmanr(a[ok], b[ok])[0], abs=1e-12)
     # monotone, not linear
-    assert E.spearman(np.arange(8.0), -np.exp(np.arange(8.0))) == pytest.approx(-1.0)
-    assert math.isnan(E.spearman(np.arange(8.0), np.ones(8)))  # constant: undefined
-    assert math.isnan(E.spearman(np.arange(2.0), np.arange(2.0)))  # fewer than 3 pairs
+    assert stats.spearman(np.arange(8.0), -np.exp(np.arange(8.0))) == pytest.approx(-1.0)
+    assert math.isnan(stats.spearman(np.arange(8.0), np.ones(8)))  # constant: undefined
+    assert math.isnan(stats.spearman(np.arange(2.0), np.arange(2.0)))  # fewer than 3 pairs
 
 
 def test_sample_statistics_see_a_collapse_and_the_dose_trend(folders):
     real_root, _, classes = folders
-    real = E.read_classes(real_root)
-    spreads, trends = E.sample_statistics(real, real, "cells_actin_mean")
+    real = commands.read_classes(real_root)
+    spreads, trends = scores.sample_statistics(real, real, "cells_actin_mean")
     assert all(a == b > 0 for a, b in spreads.values())  # the real images as "samples"
     assert trends["latrunculin_b"][0] == trends["latrunculin_b"][1]
     collapsed = {c: np.repeat(x[:1], len(x), 0) for c, x in real.items()}
-    spreads, _ = E.sample_statistics(real, collapsed, "cells_actin_mean")
+    spreads, _ = scores.sample_statistics(real, collapsed, "cells_actin_mean")
     assert all(b == 0 < a for a, b in spreads.values())
     x = torch.rand(5, 3, 4, 4)
     d = torch.cdist(x.flatten(1), x.flatten(1)) / math.sqrt(48)
-    assert E.spread(x) == pytest.approx(float(d.sum() / 20), rel=1e-6)
+    assert scores.spread(x) == pytest.approx(float(d.sum() / 20), rel=1e-6)

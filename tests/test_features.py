@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import features as F
+from evaluation import features as F
 
 
 @pytest.fixture(scope="module")

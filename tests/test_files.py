@@ -1,6 +1,8 @@
 """files.py, the on-disk layout: the output guard, display conversion, class folders, and the import
 floors of the README's layout table (who may import whom)."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,45 +72,88 @@ def test_class_folders_order_and_skips(tmp_path):
         files.read_stack(files.list_images([tmp_path / "DMSO"]))
 
 
-# The README's import floors: each module may import the project modules listed, and nothing else of
-# the project. ddim.py and model.py import only torch.
-FLOORS = {
-    "ddim": set(), "model": set(), "files": set(), "synthetic": set(), "inception": set(),
-    "features": {"files"}, "plots": {"files"}, "data": {"files", "synthetic"},
-    "method": set(),  # the registry imports methods by name, at run time
-    "phendiff": {"data", "ddim", "demo", "files", "method", "model", "plots"},
-    "baselines.gan": {"method"}, "baselines.stargan": {"method", "baselines.gan"},
-    "baselines.cyclegan": {"files", "method", "baselines.gan"},
-    "baselines.stylegan": {"method", "baselines", "baselines.gan"}, "baselines.phenex": set(),
-    "baselines.encoders": {"baselines.stylegan", "data"}, "baselines.dino": {"method", "baselines"},
-    "baselines.ganformer": {"method", "baselines"},
-    "baselines.dsae": {"method", "baselines", "baselines.autoencoders"},
-    "baselines.autoencoders": {"method", "baselines.gan"},
-    "baselines.alae": {"method", "baselines", "baselines.autoencoders", "baselines.gan",
-                       "baselines.stylegan"},
-    "representation": {"features", "files", "method", "synthetic"},
-    "eval": {"data", "features", "files", "inception", "method", "plots", "representation",
-             "reproduce"},  # reproduce: imported inside get_parser (it builds on eval)
-    "reproduce": {"baselines", "data", "demo", "eval", "files", "method", "plots"},
-    "demo": {"data", "eval", "files", "plots"},
-    "train": {"data", "eval", "files", "method", "plots"},
+# The house (README "Layout"): who may import whom. Entry scripts on top, libraries below, no import
+# circle, lazy imports included. A module maps to its folder's rule when it has none of its own.
+ENTRY = {"phendiff", "train", "eval", "tools.prepare"}
+MAY_IMPORT = {
+    "ddim": set(), "model": set(), "files": set(), "method": set(),  # the ground floor
+    "benchmark": set(), "data": {"files", "benchmark"},
+    "baselines": {"method", "files", "data", "baselines"},
+    "evaluation": {"ddim", "files", "method", "data", "benchmark", "baselines", "evaluation"},
+    # the method first, its command line after: read, draw and report through the floors below
+    "phendiff": {"ddim", "files", "method", "model", "data", "evaluation"},
+    "train": {"files", "method", "data", "evaluation"},
+    "eval": {"files", "evaluation"},
+    "tools.prepare": {"files", "data", "evaluation"},
 }
 
 
-def project_imports(path):
-    project = set(FLOORS) | {"baselines"}
+def modules():
+    """{dotted name: path} of every project module outside tests/ and course/."""
+    return {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in ROOT.rglob("*.py")
+            if p.relative_to(ROOT).parts[0] not in ("tests", "course")
+            and p.name != "__init__.py" and not p.relative_to(ROOT).parts[0].startswith(".")}
+
+
+def project_imports(path, names):
+    """The project modules a file imports, anywhere in it (lazy imports count): `from evaluation
+    import plots` and `import evaluation.plots` -> {"evaluation.plots"}."""
+    tops = {n.split(".")[0] for n in names}
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-        found |= {n for n in names if n in project or n.split(".")[0] in project}
+        if isinstance(node, ast.Import):
+            imported = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names
+                        else node.module for a in node.names]
+        else:
+            continue
+        found |= {n for n in imported if n.split(".")[0] in tops}
     return found
 
 
-@pytest.mark.parametrize("module", sorted(FLOORS))
-def test_import_floors(module):
-    path = ROOT / (module.replace(".", "/") + ".py")
-    assert project_imports(path) <= FLOORS[module], (module, project_imports(path) - FLOORS[module])
+def test_the_house_has_floors_and_no_circles():
+    mods = modules()
+    graph = {m: project_imports(p, mods) for m, p in mods.items()}
+    for m, uses in graph.items():
+        allowed = MAY_IMPORT.get(m, MAY_IMPORT.get(m.split(".")[0]))
+        assert allowed is not None, f"{m}: no rule in MAY_IMPORT"
+        tops = {u.split(".")[0] for u in uses} - {m.split(".")[0]}
+        assert tops <= allowed, (m, tops - allowed)
+        assert not uses & ENTRY - {m}, f"{m} imports an entry script: {uses & ENTRY}"
+    # no circle: every module can be ordered below what it imports
+    done, stack = set(), []
+
+    def visit(m):
+        assert m not in stack, f"import circle: {' -> '.join(stack + [m])}"
+        if m in done:
+            return
+        stack.append(m)
+        for u in graph.get(m, ()):
+            visit(u)
+        stack.pop()
+        done.add(m)
+    for m in graph:
+        visit(m)
+
+
+def test_a_reader_sees_the_paper_at_the_root():
+    """At most 8 modules at the root, none over ~550 lines, no function over ~90 lines."""
+    root = sorted(p.name for p in ROOT.glob("*.py"))
+    assert len(root) <= 8, root
+    for m, path in modules().items():
+        text = path.read_text()
+        assert text.count("\n") <= 560, (m, text.count("\n"))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 92, (m, node.name)
+
+
+def test_import_phendiff_loads_neither_matplotlib_nor_scipy():
+    code = ("import sys, phendiff; heavy = [m for m in sys.modules if m.split('.')[0] in "
+            "('matplotlib', 'scipy', 'evaluation', 'data')]; print(heavy); assert not heavy")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_ddim_and_model_import_only_torch():

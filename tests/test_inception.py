@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import eval as E
-import inception as I
+from evaluation import inception as I
+from evaluation import scores
 
 
 def test_inception_state_dict_layout():
@@ -30,7 +31,7 @@ def test_inception_reloads_strictly_and_gives_2048_features(inception_weights):
     net, path = inception_weights
     loaded = I.load_inception(str(path))
     x = torch.rand(2, 3, 32, 32)
-    f = E.encode(x, loaded)
+    f = scores.encode(x, loaded)
     assert f.shape == (2, 2048) and np.isfinite(f).all()
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in loaded.state_dict().items())
     # strict: missing keys fail

@@ -10,8 +10,8 @@ from PIL import Image
 import ddim
 import method as M
 import phendiff
-import plots
 from data import ImageDataset
+from evaluation import plots
 from tests.helpers import fails, write_images
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def test_demo_micro_writes_every_artefact(tmp_path):
         assert (out / name).stat().st_size > 1000, name
     report = (out / "report.md").read_text()
     for needle in ("Latrunculin B", "Spearman", "median Pearson r", "plain eq. 6",
-                   "exact (5 fixed-point", "![](dose_series.png)", "PSNR to own truth"):
+                   "exact (5 fixed-point", "![](dose_series.png)", "PSNR to the own truth"):
         assert needle in report, needle
     # both targets judged, whatever the verdict
     assert len(re.findall(r"\| (PASS|FAIL) \|", report)) == 2
@@ -227,20 +227,27 @@ def test_demo_takes_a_model_of_some_compounds(tmp_path):
             and "herbimycin" not in report)
 
 
-def test_counterfactual_error_tells_this_cells_response_from_another_cells():
-    """Against the truth of the same fields at each dose: the truth itself scores perfectly and
-    is always closer to its own field; another field's truth (a sampler that ignores its input)
-    is never closer to its own; the untranslated input scores the input column."""
+def test_against_the_truth_tells_this_cells_response_from_another_cells():
+    """scores.against_references with the truth as references (what the demo and the reproduction
+    report): the truth itself scores perfectly and is always closer to its own field; another
+    field's truth (a sampler that ignores its input) never is; doing nothing scores the distance
+    the drug puts between the input and its truth."""
     from data import synthetic_dataset
-    from demo import counterfactual
+    from evaluation import scores
     ds = synthetic_dataset(n_per_class=4, image_size=32, seed=1, compounds=["latrunculin_b"],
                            paired=True)
     truth = torch.stack([ds.images[ds.labels == i] for i in range(len(ds.classes))])
-    x, top = truth[0], ["latrunculin_b_10uM"]
-    exact = counterfactual(x, truth, truth, ds.classes, top)[top[0]]
-    assert exact[0] > 100 and exact[2] == 1.0 and exact[4] == 0  # own truth: exact
-    assert exact[5] > 0.01  # the input's actin is off: the drug changes it
-    sampler = counterfactual(x, truth.roll(1, 1), truth, ds.classes, top)[top[0]]
-    assert sampler[2] == 0.0 and sampler[0] < sampler[1]  # closer to another field's truth
-    nothing = counterfactual(x, x[None].expand_as(truth), truth, ds.classes, top)[top[0]]
-    assert nothing[0] == pytest.approx(nothing[3]) and nothing[4] == pytest.approx(nothing[5])
+    x, top = truth[0], 8  # DMSO fields; 10 uM
+    outputs = {"exact": truth, "sampler": truth.roll(1, 1), "identity": x.expand_as(truth)}
+    feats = lambda images: scores.feature_rows(images, ds.channels)[0]  # noqa: E731
+    scale = scores.feature_scale([feats(t) for t in truth])
+    rows = {r[0]: r[2:] for r in scores.against_references(
+        outputs, [top], lambda t: truth[t], lambda t: feats(truth[t]),
+        lambda m, t: feats(outputs[m][t]), scale)}
+    psnr_own, psnr_other, closer_px, feat_own, feat_other, closer_feat = rows["exact"]
+    assert psnr_own > 100 and closer_px == 1.0 and feat_own == 0 and closer_feat == 1.0
+    psnr_own, psnr_other, closer_px, feat_own, feat_other, closer_feat = rows["sampler"]
+    assert closer_px == 0.0 and psnr_own < psnr_other and feat_own > feat_other
+    nothing = rows["identity"]
+    assert nothing[0] == pytest.approx(scores.psnr(truth[top], x).mean())
+    assert nothing[3] > 0.3  # the drug moves the features by a fraction of their spread

@@ -10,7 +10,7 @@ import torch
 import data
 import eval as E
 import method as M
-import representation as R
+from evaluation import representation as R
 from tests.helpers import fails
 
 # -----------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import torch
 
 import data
 import eval as E
-import reproduce as P
+from evaluation import reproduce as P
+from evaluation import scores, stats
 from baselines import encoders
 
 
@@ -19,12 +20,12 @@ def test_bootstrap_interval_covers_the_large_sample_value():
     d, rng = 8, np.random.default_rng(0)
     a = rng.normal(size=(d, d)) * 0.3
     cov, mu = np.eye(d) + a @ a.T, np.full(d, 0.3)
-    truth = E.frechet_distance(np.zeros(d), np.eye(d), mu, cov)
+    truth = stats.frechet_distance(np.zeros(d), np.eye(d), mu, cov)
     chol, covered, plain = np.linalg.cholesky(cov), 0, []
     for seed in range(12):
         g = np.random.default_rng(100 + seed)
         f1, f2 = g.normal(size=(60, d)), mu + g.normal(size=(60, d)) @ chol.T
-        est, low, high = E.frechet_bootstrap(f1, f2, 100, seed)
+        est, low, high = stats.frechet_bootstrap(f1, f2, 100, seed)
         covered += low <= truth <= high
         plain.append(est)
     assert np.mean(plain) > 1.2 * truth  # the bias the interval must correct
@@ -39,12 +40,12 @@ def test_domain_distance_ranks_real_above_untreated_above_noise():
         ["DMSO", "latrunculin_b_10uM"])
     test = data.synthetic_dataset(n_per_class=48, seed=1, **kw)
     net = encoders.train_domain_encoder(train, steps=60, batch_size=32)
-    feats = lambda x: E.encode((x + 1) / 2, net, 64)  # noqa: E731
+    feats = lambda x: scores.encode((x + 1) / 2, net, 64)  # noqa: E731
     target = feats(test.images[test.labels == 8])
     real = feats(train.images[train.labels == 1])
     untreated = feats(test.images[test.labels == 0])
     noise = feats(torch.rand(48, 3, 16, 16) * 2 - 1)
-    d = [E.feature_distance(f, target) for f in (real, untreated, noise)]
+    d = [stats.feature_distance(f, target) for f in (real, untreated, noise)]
     assert d[0] < d[1] < d[2], d
 
 

@@ -21,8 +21,9 @@ from scipy import stats
 
 import files
 import method as M
-import synthetic
-from features import feature_table, finite_mean
+from benchmark import synthetic
+from evaluation.features import feature_table, finite_mean
+from evaluation.report import md_table
 
 # -----------------------------------------------------------------------------
 # feature sets: floors and encoders, each a function of a batch (B, C, H, W) in [-1, 1] -> (B, D)
@@ -270,13 +271,12 @@ COLUMNS = ["features", "dim", "task", "classes", "n_train", "n_test", "chance", 
 
 
 def report(rows, about):
-    """representation.md: the table and what every number is. about: lines on the data and run."""
-    lines = ["# Representation quality", "", *about, "",
-             "| features | dim | task | classes | train / test images | chance | 1-NN F1 "
-             "| linear F1 |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['features']} | {r['dim']} | {r['task']} | {r['classes']} | {r['n_train']} / "
-              f"{r['n_test']} | {r['chance']:.3f} | {r['knn_f1']:.3f} | {r['linear_f1']:.3f} |"
-              for r in rows]
+    """representation.md's lines: the table and what every number is. about: lines on the data."""
+    lines = [*about, "", *md_table(
+        ["features", "dim", "task", "classes", "train / test images", "chance", "1-NN F1",
+         "linear F1"],
+        [[r["features"], r["dim"], r["task"], r["classes"], f"{r['n_train']} / {r['n_test']}",
+          f"{r['chance']:.3f}", f"{r['knn_f1']:.3f}", f"{r['linear_f1']:.3f}"] for r in rows])]
     compounds = next((r["members"] for r in rows if r["task"] == "compounds"), None)
     lines += ["", "- F1: macro F1 (the mean over classes of each class's F1) on held-out images.",
               "- 1-NN F1: the class of the most cosine-similar training image.",
@@ -291,7 +291,8 @@ def report(rows, about):
               "- task classes: every class of the data; task compounds: images grouped by compound "
               "(mechanism-of-action analogue)"
               + (f": {', '.join(compounds)}." if compounds else ".")]
-    return "\n".join(lines) + "\n"
+    return lines
+
 
 def fig2_points(rows, recon, task="classes"):
     """The DSAE paper's Fig. 2 as points: {name: (linear F1, 1-NN F1, reconstruction MSE or None)}
@@ -307,19 +308,18 @@ def psnr(mse):
 
 
 def fig2_report(points, trivial):
-    """The markdown of fig2_points; trivial: the MSE of predicting the mean training image."""
-    lines = ["", "## F1 against reconstruction (the DSAE paper's Fig. 2)", "",
-             "| features | linear F1 | 1-NN F1 | reconstruction MSE | PSNR (dB) |",
-             "|---|---|---|---|---|"]
-    for name, (lin, knn, mse) in points.items():
-        rec = (f"{mse:.4f} | {psnr(mse):.1f}" if mse is not None else "- | -")
-        lines.append(f"| {name} | {lin:.3f} | {knn:.3f} | {rec} |")
-    lines += [f"| mean training image (trivial reconstruction) | - | - | {trivial:.4f} | "
-              f"{psnr(trivial):.1f} |", "",
-              "Reconstruction: decode(encode(x)) of the held-out images, MSE on [0, 1] "
-              "intensities, averaged over images; the trivial reconstruction predicts every "
-              "image by the per-pixel mean of the training images."]
-    return "\n".join(lines) + "\n"
+    """The lines of fig2_points; trivial: the MSE of predicting the mean training image."""
+    rows = [[name, f"{lin:.3f}", f"{knn:.3f}", *((f"{mse:.4f}", f"{psnr(mse):.1f}")
+                                                 if mse is not None else ("-", "-"))]
+            for name, (lin, knn, mse) in points.items()]
+    rows.append(["mean training image (trivial reconstruction)", "-", "-", f"{trivial:.4f}",
+                 f"{psnr(trivial):.1f}"])
+    return ["", "## F1 against reconstruction (the DSAE paper's Fig. 2)", "",
+            *md_table(["features", "linear F1", "1-NN F1", "reconstruction MSE", "PSNR (dB)"],
+                      rows),
+            "", "Reconstruction: decode(encode(x)) of the held-out images, MSE on [0, 1] "
+            "intensities, averaged over images; the trivial reconstruction predicts every image by "
+            "the per-pixel mean of the training images."]
 
 # -----------------------------------------------------------------------------
 # latent interpolation: the geometry, and the score of a decoded path
@@ -410,13 +410,13 @@ def interpolation(decode, features, ds, control="DMSO", k=8, cells=16, batch_siz
 
 
 def interpolation_report(rows, what, control="DMSO"):
-    """The markdown section of `interpolation`'s rows."""
-    lines = ["", f"## Interpolation ({what})", "",
-             f"Spearman rho of {rows[0]['feature'] if rows else 'the feature'} along decoded "
-             f"paths of {rows[0]['k'] if rows else 0} points from {control} to the top dose, "
-             "beside the real dose series:", "",
-             "| compound | to | centroid path | control cells moved (mean) | real doses |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['compound']} | {r['target']} | {r['centroid_rho']:.2f} | "
-              f"{r['cells_rho']:.2f} ({r['cells']} cells) | {r['real_rho']:.2f} |" for r in rows]
-    return "\n".join(lines) + "\n"
+    """The lines of `interpolation`'s rows."""
+    return ["", f"## Interpolation ({what})", "",
+            f"Spearman rho of {rows[0]['feature'] if rows else 'the feature'} along decoded "
+            f"paths of {rows[0]['k'] if rows else 0} points from {control} to the top dose, "
+            "beside the real dose series:", "",
+            *md_table(["compound", "to", "centroid path", "control cells moved (mean)",
+                       "real doses"],
+                      [[r["compound"], r["target"], f"{r['centroid_rho']:.2f}",
+                        f"{r['cells_rho']:.2f} ({r['cells']} cells)", f"{r['real_rho']:.2f}"]
+                       for r in rows])]

@@ -258,3 +258,53 @@ def f1_against_reconstruction(points, trivial, path, task="classes"):
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path)
+
+
+def trajectory(strips, path, title=""):
+    """The path of images through DDIM: a row per strip, {row title: [(label, (C, H, W))]} (e.g.
+    x_t and the predicted x_0 at each step of inversion, then of sampling). x_t is clipped to
+    [-1, 1] for display, so the noisiest levels look saturated."""
+    rows, cols = len(strips), max(len(v) for v in strips.values())
+    fig = Figure(figsize=(1.1 * cols + 0.4, 1.25 * rows + 0.3))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, (name, images) in enumerate(strips.items()):
+        for c in range(cols):
+            axes[r, c].set_axis_off()
+        for c, (label, img) in enumerate(images):
+            _show(axes[r, c], files.to_uint8(img.clamp(-1, 1)[None])[0])
+            axes[r, c].set_title(label, fontsize=6)
+        axes[r, 0].text(-0.1, 0.5, name, transform=axes[r, 0].transAxes, fontsize=7,
+                        ha="right", va="center", rotation=90)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return _save(fig, path, dpi=110)
+
+
+def inversion_sweep(rows, path):
+    """Reconstruction PSNR against DDIM steps, a line per number of fixed-point iterations (0:
+    eq. 6 as in the paper). rows: [steps, iterations, psnr mean, psnr sd, ...]."""
+    fig = Figure(figsize=(4.6, 3.4))
+    ax = fig.subplots()
+    for k in sorted({r[1] for r in rows}):
+        mine = sorted((r for r in rows if r[1] == k), key=lambda r: r[0])
+        ax.errorbar([r[0] for r in mine], [r[2] for r in mine], [r[3] for r in mine], marker="o",
+                    ms=3, capsize=2, label="eq. 6 (the paper)" if k == 0 else f"exact, {k} iters")
+    ax.set(xscale="log", xlabel="DDIM steps each way", ylabel="reconstruction PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path, dpi=110)
+
+
+def latent_histogram(latents, path, title="inverted latents"):
+    """Histogram of latent values {name: array} against the N(0, 1) density DDIM samples from."""
+    fig = Figure(figsize=(4.6, 3.2))
+    ax = fig.subplots()
+    grid = np.linspace(-4, 4, 200)
+    for name, z in latents.items():
+        z = np.asarray(z).ravel()
+        ax.hist(z, bins=80, range=(-4, 4), density=True, histtype="step",
+                label=f"{name} (std {z.std():.2f})")
+    ax.plot(grid, np.exp(-grid ** 2 / 2) / math.sqrt(2 * math.pi), "k--", lw=1, label="N(0, 1)")
+    ax.set(xlabel="value", ylabel="density", title=title)
+    ax.legend(fontsize=7)
+    return _save(fig, path, dpi=110)

@@ -19,7 +19,6 @@ Stages, each skipped when its output exists (a killed run continues where it sto
 Checkpoints and arrays go to --work (never committed); --out holds markdown, CSVs and small PNGs.
 """
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -32,14 +31,15 @@ from scipy import stats
 from tqdm import tqdm
 
 import data
-import eval as E
 import files
 import method as M
-import plots
 from baselines import encoders
-from demo import batched
+from evaluation import commands, plots, report
+from evaluation import scores as S
+from evaluation.inception import load_inception
+from evaluation.stats import frechet_bootstrap, pearson, spearman
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository: train.py
 # compared name -> (the run that trains it, PhenEx's projection space)
 COMPARED = {"phendiff": ("phendiff", None), "stargan": ("stargan", None),
             "cyclegan": ("cyclegan", None), "phenex-w": ("stylegan", "w"),
@@ -125,7 +125,7 @@ def train_command(a, run):
 def train(a, run):
     launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}"] \
         if a.nproc > 1 else []
-    cmd = [sys.executable, *launch, str(HERE / "train.py"), *train_command(a, run).split()]
+    cmd = [sys.executable, *launch, str(ROOT / "train.py"), *train_command(a, run).split()]
     folder = Path(a.work) / run
     if folder.exists() and any(folder.iterdir()):
         cmd.append("--resume")  # a killed run continues from its last checkpoint
@@ -170,7 +170,7 @@ def method_outputs(a, name, path, te):
     """Translations (classes, N, C, H, W) of the control inputs, reconstructions per variant."""
     projection = COMPARED[name][1]
     steps = (a.projection_steps or PROJECTION_STEPS[a.preset]) if projection else None
-    ckpt, variants = E.load_variants(path, a.device, a.ddim_steps, a.fixed_point_iters,
+    ckpt, variants = S.load_variants(path, a.device, a.ddim_steps, a.fixed_point_iters,
                                      projection, steps)
     if ckpt["classes"] != te.classes:
         raise ValueError(f"{name} ({path}) was trained on classes {ckpt['classes']}, the "
@@ -182,9 +182,10 @@ def method_outputs(a, name, path, te):
     net = next(iter(variants.values()))
     x, xr, yr = inputs_of(a, te)
     k = len(te.classes)
-    y = batched(lambda xb: net.translate_many(xb, 0, range(k)), [x], a,
-                desc=f"{name}: translate to {k} classes")
-    rec = {v: batched(m.reconstruct, [xr, yr], a) for v, m in variants.items()}
+    y = S.batched(lambda xb: net.translate_many(xb, 0, range(k)), [x], a.batch_size, a.device,
+                  desc=f"{name}: translate to {k} classes")
+    rec = {v: S.batched(m.reconstruct, [xr, yr], a.batch_size, a.device)
+           for v, m in variants.items()}
     return {"translations": y, "reconstructions": rec, "describe": net.describe(),
             "step": ckpt.get("step")}
 
@@ -197,48 +198,6 @@ def identity_outputs(a, te):
 
 # -----------------------------------------------------------------------------
 # 3. scores
-
-
-def feature_rows(images, ds, workers):
-    """(N, F) cell features of images in [-1, 1] and the feature names."""
-    kw = dict(golgi_channel=ds.channels.index("golgi") if "golgi" in ds.channels else None,
-              nuclei_channel=ds.channels.index("dna") if "dna" in ds.channels else 0)
-    table = E.feature_table(((images + 1) / 2).numpy(), workers=workers, **kw)
-    return np.stack(list(table.values()), 1), list(table)
-
-
-def feature_distance_rows(f1, f2, scale):
-    """Per-image RMS over features of (f1 - f2) / scale; features nan on a side left out."""
-    d = (f1 - f2) / scale
-    with np.errstate(invalid="ignore"):
-        return np.sqrt(np.nanmean(d ** 2, 1))
-
-
-def psnr(x, y):
-    return E.reconstruction_error(x, y)["psnr"]
-
-
-def own_and_other(dist, share_closer_if_smaller):
-    """Mean distance to the own reference, to another one (the next), share closer to the own:
-    dist(shift) gives per-image distances to the references rolled by shift."""
-    own, other = dist(0), dist(1)
-    closer = own < other if share_closer_if_smaller else own > other
-    return float(np.nanmean(own)), float(np.nanmean(other)), float(closer.mean())
-
-
-def against_references(outputs, targets, refs, ref_cells, cells, scale):
-    """Each translation against its own reference (the input, or the truth) and another's (the
-    next one's), in pixels and cell features. Rows: method, target, PSNR own / other, share closer
-    to its own, feature distance own / other, share closer to its own."""
-    rows = []
-    for m, o in outputs.items():
-        for t in targets:
-            y, fy = o["translations"][t], cells(f"{m}_{t}")
-            px = own_and_other(lambda s: psnr(refs(t).roll(s, 0), y), False)
-            ft = own_and_other(lambda s: feature_distance_rows(np.roll(ref_cells(t), s, 0), fy,
-                                                               scale), True)
-            rows.append([m, t, *px, *ft])
-    return rows
 
 
 def fig4_rows(outputs, targets, classes, real_cells, cells, scale):
@@ -258,12 +217,12 @@ def fig4_rows(outputs, targets, classes, real_cells, cells, scale):
                 continue
             fake_means = np.stack([np.nanmean(cells("input"), 0)]
                                   + [np.nanmean(cells(f"{m}_{t}"), 0) for t in targets])
-            r = {g: np.array([E.pearson(real_means[cs, j], fake_means[cs, j]) for j in range(nf)])
+            r = {g: np.array([pearson(real_means[cs, j], fake_means[cs, j]) for j in range(nf)])
                  for g, cs in groups.items()}
-            varying = {g: np.array([abs(E.spearman(conc[g], real_means[cs, j])) >= 0.8
+            varying = {g: np.array([abs(spearman(conc[g], real_means[cs, j])) >= 0.8
                                     for j in range(nf)]) for g, cs in groups.items()}
             fig4[m] = np.concatenate([r[g][varying[g]] for g in groups]) if groups else np.array([])
-            effect = [E.pearson((real_means[t] - real_means[0]) / scale,
+            effect = [pearson((real_means[t] - real_means[0]) / scale,
                                 (fake_means[t] - fake_means[0]) / scale) for t in targets]
             rows.append([m, np.nanmedian(fig4[m]) if np.isfinite(fig4[m]).any() else np.nan,
                          int(np.isfinite(fig4[m]).sum()), effect[-1],
@@ -298,53 +257,50 @@ def score(a, out, te, tr, truth, outputs, feats, names):
     x, xr, _ = inputs_of(a, te)
     cells = lambda key: feats[f"cells_{key}"]  # noqa: E731
     real_cells = [cells(f"test_{c}") for c in range(len(classes))]
-    scale = np.nanstd(np.concatenate(real_cells), 0)
-    scale[~(scale > 0)] = np.nan  # a constant or absent feature is left out of every distance
+    scale = S.feature_scale(real_cells)
     named = lambda rows: [[r[0], classes[r[1]], *r[2:]] for r in rows]  # noqa: E731
     sec = {}
     # Table 1: Frechet distance of translated vs real images of each target class; the floor: real
     # training images of the class
     sec["table1"] = [[space, m, classes[t], len(fake), len(real),
-                      *E.frechet_bootstrap(fake, real, a.boot, a.seed)]
+                      *frechet_bootstrap(fake, real, a.boot, a.seed)]
                      for space in ["domain"] + (["inception"] if a.inception_weights else [])
                      for m in [*outputs, FLOOR] for t in targets
                      for fake, real in [(feats[f"{space}_{'train' if m == FLOOR else m}_{t}"],
                                          feats[f"{space}_test_{t}"])]]
-    E.write_csv(out / "table1.csv", ["features", "method", "class", "n_translated", "n_real",
-                                     "frechet", "low", "high"], sec["table1"])
+    files.write_csv(out / "table1.csv", ["features", "method", "class", "n_translated", "n_real",
+                                         "frechet", "low", "high"], sec["table1"])
     # Table 2: reconstruction of held-out images of every class
     recs = {(m, v): r for m, o in outputs.items() for v, r in o["reconstructions"].items()
             if m != "identity"} | {("mean training image", "trivial"):
                                    tr.images.mean(0).expand_as(xr)}
-    sec["table2"] = [[m, v, len(xr), e["l2"].mean(), e["l2"].std(), e["mse"].mean(),
-                      e["psnr"].mean()]
-                     for (m, v), r in recs.items() for e in [E.reconstruction_error(xr, r)]]
-    E.write_csv(out / "table2.csv", ["method", "variant", "n", "l2_mean", "l2_std", "mse",
-                                     "psnr"], sec["table2"])
-    columns = ["psnr_own", "psnr_other", "closer_pixels", "feature_dist_own",
-               "feature_dist_other", "closer_features"]
-    sec["preservation"] = named(against_references(outputs, targets, lambda t: x,
-                                                   lambda t: cells("input"), cells, scale))
-    E.write_csv(out / "preservation.csv", ["method", "target", *columns], sec["preservation"])
-    if truth is not None:  # the counterfactual error (synthetic data only)
-        rows = against_references(outputs, targets, lambda t: truth[t],
-                                  lambda t: cells(f"truth_{t}"), cells, scale)
-        sec["counterfactual"] = [[r[0], classes[r[1]], files.parse_class(classes[r[1]])[1],
-                                  *r[2:]] for r in rows]
-        E.write_csv(out / "counterfactual.csv", ["method", "target", "concentration_uM",
-                                                 *(c + "_truth" for c in columns)],
-                    sec["counterfactual"])
-        plots.counterfactual(sec["counterfactual"], out / "counterfactual.png")
+    sec["table2"] = S.table2_rows(xr, recs)
+    files.write_csv(out / "table2.csv", ["method", "variant", "n", "l2_mean", "l2_std", "mse",
+                                         "psnr"], sec["table2"])
+    # each translation against its own input, and against its own truth (synthetic data only)
+    translations = {m: o["translations"] for m, o in outputs.items()}
+    against = lambda refs, ref_cells: named(S.against_references(  # noqa: E731
+        translations, targets, refs, ref_cells, lambda m, t: cells(f"{m}_{t}"), scale))
+    sec["preservation"] = against(lambda t: x, lambda t: cells("input"))
+    files.write_csv(out / "preservation.csv", ["method", "target", *S.AGAINST],
+                    sec["preservation"])
+    if truth is not None:
+        sec["counterfactual"] = against(lambda t: truth[t], lambda t: cells(f"truth_{t}"))
+        by_dose = [[r[0], r[1], files.parse_class(r[1])[1], *r[2:]] for r in sec["counterfactual"]]
+        files.write_csv(out / "counterfactual.csv", ["method", "target", "concentration_uM",
+                                                     *(c + "_truth" for c in S.AGAINST)], by_dose)
+        plots.counterfactual(by_dose, out / "counterfactual.png")
     sec["fig4"], fig4 = fig4_rows(outputs, targets, classes, real_cells, cells, scale)
     sec["by_dose"] = bool(fig4)
-    E.write_csv(out / "fig4.csv", ["method", "median_r_dose_varying", "n_features",
-                                   "effect_r_top_target", "effect_r_mean"], sec["fig4"])
+    files.write_csv(out / "fig4.csv", ["method", "median_r_dose_varying", "n_features",
+                                       "effect_r_top_target", "effect_r_mean"], sec["fig4"])
     if fig4:
         plots.fig4_methods(fig4, out / "fig4.png")
     if any(f.startswith("golgi_") for f in names):
         sec["fig2b"], boxes = fig2b_rows(outputs, classes, real_cells, cells, names)
-        E.write_csv(out / "fig2b.csv", ["feature", "treated_images", "n_control", "n_treated",
-                                        "control_mean", "treated_mean", "t", "p"], sec["fig2b"])
+        files.write_csv(out / "fig2b.csv", ["feature", "treated_images", "n_control",
+                                            "n_treated", "control_mean", "treated_mean", "t",
+                                            "p"], sec["fig2b"])
         plots.boxes(boxes, GOLGI_FEATURE,
                     f"real {classes[0]} vs real and translated {classes[-1]}", out / "fig2b.png",
                     log=True)
@@ -374,10 +330,10 @@ def features_of(a, key, images, ds, domain, inception):
     path = Path(a.work) / "features" / f"{key}.npz"
     if path.exists():
         return dict(np.load(path))
-    f = {"cells": feature_rows(images, ds, a.workers)[0],
-         "domain": E.encode((images + 1) / 2, domain, a.batch_size, a.device)}
+    f = {"cells": S.feature_rows(images, ds.channels, a.workers)[0],
+         "domain": S.encode((images + 1) / 2, domain, a.batch_size, a.device)}
     if inception is not None:
-        f["inception"] = E.encode((images + 1) / 2, inception, a.batch_size, a.device)
+        f["inception"] = S.encode((images + 1) / 2, inception, a.batch_size, a.device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **f)
@@ -423,7 +379,7 @@ def run(a):
     a.kind = "golgi" if a.data == "synthetic-golgi" else a.kind
     if not a.synthetic and not a.test:
         raise ValueError("real data needs --test: held-out images of whole sites, e.g. "
-                         "`python data.py sites --data X.npz --test B02_s1 B03_s4 --out DIR` "
+                         "`python tools/prepare.py sites --data X.npz --test B02_s1 B03_s4 --out DIR` "
                          "writes DIR/train.npz and DIR/test.npz")
     unknown = [m for m in a.methods if m not in COMPARED]
     if unknown:
@@ -459,7 +415,7 @@ def run(a):
         M.save_checkpoint({"config": net.config, "weights": net.state_dict()}, dpath)
     stages.run("domain encoder", domain_stage, dpath.exists)
     domain = encoders.load_domain_encoder(dpath, a.device)
-    inception = E.load_inception(a.inception_weights, a.device) if a.inception_weights else None
+    inception = load_inception(a.inception_weights, a.device) if a.inception_weights else None
 
     # 3. every method's outputs, and doing nothing
     outputs = {}
@@ -483,16 +439,19 @@ def run(a):
     stages.run("features", feature_stage, lambda: False)  # cached per set: a rerun only reads
 
     # 5. the report; the second paper's Fig. 2 for the methods that decode
-    sec = score(a, out, te, tr, truth, outputs, feats, feature_rows(sets["input"][:1], te, 1)[1])
+    names = S.feature_rows(sets["input"][:1], te.channels)[1]
+    sec = score(a, out, te, tr, truth, outputs, feats, names)
     decoding = [m for m in a.methods if m in ("dsae", "vae", "bigan", "alae", "dcvae")]
     if decoding:
         stages.run("the second paper's Fig. 2", lambda: represent(a, [paths[m] for m in decoding],
                                                                   out / "fig2"),
                    (out / "fig2" / "representation.md").exists)
-    sec["domain_accuracy"], sec["domain_dim"] = domain_accuracy(domain, te, a), domain.trunk.dim
-    commands = {r: "python train.py " + train_command(a, r) for r in trained}
-    write_report(a, out, te, outputs, sec, commands, paths, stages.times,
-                 time.perf_counter() - t_start)
+    sec["domain"] = dict(accuracy=domain_accuracy(domain, te, a), dim=domain.trunk.dim,
+                         steps=DOMAIN_STEPS[a.preset])
+    sec["floor"], sec["golgi_feature"] = FLOOR, GOLGI_FEATURE
+    recorded = {r: "python train.py " + train_command(a, r) for r in trained}
+    report.reproduction(a, out, te, outputs, sec, recorded, paths, stages.times,
+                        time.perf_counter() - t_start)
     print(f"wrote {out}/report.md")
 
 
@@ -507,207 +466,16 @@ def domain_accuracy(net, te, a):
 
 def represent(a, paths, folder):
     """The second paper's Fig. 2 and Fig. 3 (eval.py represent) on the held-out data."""
-    argv = ["represent", "--ckpt", *map(str, paths), "--out", str(folder), "--device", a.device,
-            "--overwrite"]
-    if a.synthetic:
-        argv += ["--data", a.data, "--n-per-class", str(a.represent_n), "--seed", str(a.seed + 1)]
-        argv += ["--compounds", *a.compounds] if a.compounds else []
-    else:
-        argv += ["--data", a.test]
-    E.cmd_represent(E.get_parser().parse_args(argv))
-
-# -----------------------------------------------------------------------------
-# report.md
-
-
-def machine():
-    gpu = (f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU")
-    return (f"{platform.machine()} CPU, {torch.get_num_threads()} threads of "
-            f"{__import__('os').cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
-
-
-def md_table(header, rows):
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
-
-
-def by_target(rows, col, fmt, targets):
-    """{method: [formatted value per target]} from rows [method, target, ...]."""
-    table = {}
-    for r in rows:
-        table.setdefault(r[0], {})[r[1]] = fmt(r[col])
-    return [[m, *(v.get(t, "") for t in targets)] for m, v in table.items()]
-
-
-def summary(sec, top):
-    """One row per method: the headline of each section below."""
-    rows = {}
-    for space, m, _, _, _, d, _, _ in sec["table1"]:
-        if space == "domain":
-            rows.setdefault(m, {}).setdefault("fd", []).append(d)
-    for m, v, _, _, _, _, p in sec["table2"]:
-        rows.setdefault(m, {}).setdefault("psnr", p)  # the first variant (PhenDiff: plain eq. 6)
-    for r in sec.get("counterfactual", []):
-        if r[1] == top:
-            rows[r[0]]["truth"] = f"{r[3]:.1f} dB / {r[6]:.2f}"
-    for r in sec["preservation"]:
-        if r[1] == top:
-            rows[r[0]]["own"] = f"{r[4]:.0%}"
-    for m, med, _, e, _ in sec["fig4"]:
-        rows[m]["fig4"] = f"{med:.2f} / {e:.2f}" if sec["by_dose"] else f"{e:.2f}"
-    header = ["method", "Table 1: domain FD, mean over targets", "Table 2: PSNR (dB)"]
-    header += [f"truth at {top}: PSNR / feature distance"] if "counterfactual" in sec else []
-    header += [f"closer to own input at {top}",
-               "Fig. 4: median r / effect r at the top" if sec["by_dose"] else "effect r"]
-    table = [[m, f"{np.mean(v['fd']):.2f}" if "fd" in v else "",
-              f"{v['psnr']:.1f}" if "psnr" in v else "",
-              *([v.get("truth", "")] if "counterfactual" in sec else []), v.get("own", ""),
-              v.get("fig4", "")] for m, v in rows.items()]
-    return ["", "## Summary", "", "Each column is the headline of a section below (lower FD and "
-            "feature distance are better, higher PSNR, share and r).", "",
-            *md_table(header, table)]
-
-
-def table1_lines(a, sec, head, targets, n_classes):
-    """Table 1's section: one table per feature space, a cell per target class."""
-    acc = sec["domain_accuracy"]
-    lines = ["", "## Table 1: Fréchet distance of translated vs real images, per target class",
-              "",
-              "Features of the domain encoder: a classifier of the training classes (StyleGAN2 "
-              f"discriminator trunk, {sec['domain_dim']}-d pooled features, "
-              f"{DOMAIN_STEPS[a.preset]} steps), held fixed for every method; it tells the "
-              "held-out images' classes apart "
-              f"{acc:.0%} of the time (chance {1 / n_classes:.0%}). Each cell: the distance of "
-              "the translations to the held-out real images of the class, and in brackets the "
-              f"basic bootstrap interval (95 %, {a.boot} resamples), which corrects the upward "
-              "bias of a Fréchet distance on few images. Images per set: "
-              + ", ".join(sorted({f"{r[3]} translated vs {r[4]} real" for r in sec["table1"]}))
-              + f". `{FLOOR}`: images of the class from the training set, what a perfect "
-              "translation would score.", ""]
-    for space in ("domain", "inception"):
-        rows = [r for r in sec["table1"] if r[0] == space]
-        if not rows:
-            lines += ["InceptionV3 FID: not computed (give `--inception-weights`; the weights "
-                      "cannot be downloaded here).", ""]
-            continue
-        fmt = [[r[1], r[2], f"{r[5]:.2f} [{max(r[6], 0):.2f}, {r[7]:.2f}]"] for r in rows]
-        table = by_target([[m, t, v] for m, t, v in fmt], 2, str, targets)
-        means = {m: np.mean([r[5] for r in rows if r[1] == m])
-                 for m in dict.fromkeys(r[1] for r in rows)}
-        lines += [f"**{space}**", "", *md_table(["method", *head, "mean"],
-                                                 [[*r, f"{means[r[0]]:.2f}"] for r in table]), ""]
-    return lines
-
-
-def truth_lines(sec, head, targets):
-    """The section of the error against the truth (synthetic data), empty without a truth."""
-    if "counterfactual" not in sec:
-        return []
-    rows = sec["counterfactual"]
-    lines = ["", "## Is it this cell's response? Error against the truth", "",
-              "The synthetic benchmark renders the same fields under every dose, so each "
-              "translation has a true answer: its own field at the target dose. PSNR of the "
-              "translation to that truth (higher is better), then the distance of its cell "
-              "features to the truth's (RMS over features scaled by their spread in real "
-              "images; lower is better). `identity` (doing nothing) is the floor to beat.", "",
-              "**PSNR to the own truth (dB)**", ""]
-    lines += md_table(["method", *head], by_target(rows, 3, "{:.1f}".format, targets))
-    lines += ["", "**feature distance to the own truth**", ""]
-    lines += md_table(["method", *head], by_target(rows, 6, "{:.2f}".format, targets))
-    lines += ["", "**closer to the own truth than to another field's truth (pixels / "
-              "features)**: a sampler that ignores its input is not", ""]
-    lines += md_table(["method", *head], by_target(
-        [[r[0], r[1], f"{r[5]:.0%} / {r[8]:.0%}"] for r in rows], 2, str, targets))
-    lines += ["", "![](counterfactual.png)"]
-    return lines
-
-
-def write_report(a, out, te, outputs, sec, commands, paths, times, wall):
-    classes = te.classes
-    targets = classes[1:]
-    short = [files.parse_class(c)[1] if files.parse_class(c)[1] else c for c in targets]
-    head = [f"{s:g} µM" if isinstance(s, float) else s for s in short]
-    x_n = len(outputs["identity"]["translations"][0])
-    lines = [f"# Reproduction: {len(outputs) - 1} methods on {a.data}", "",
-             f"Machine: {machine()}. Preset `{a.preset}`. Wall time of the stages, summed over "
-             "the invocations that ran them (a killed run resumes from the finished ones): "
-             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
-             + f"; in all {sum(times.values()) / 60:.0f} min (this invocation: {wall / 60:.1f} "
-             "min).", "",
-             f"Command: `python eval.py {' '.join(a.argv)}`",
-             "",
-             f"Held-out data: {len(te)} images of {len(classes)} classes "
-             + ("(synthetic benchmark, seed "
-                f"{a.seed + 1}; the methods trained on seed {a.seed})" if a.synthetic else
-                f"(`{a.test}`: sites held out from training)")
-             + f"; {x_n} {classes[0]} images are translated to every class by each method; "
-             f"{len(next(iter(outputs['identity']['reconstructions'].values())))} images of all "
-             "classes are reconstructed. `identity` returns its input: the floor of every "
-             "measure of change.", "", "## Methods", ""]
-    rows = [[m, f"`{paths[m]}`", o["step"], o["describe"]]
-            for m, o in outputs.items() if m != "identity"]
-    lines += md_table(["method", "checkpoint", "step", "translation"], rows)
-    if commands:
-        lines += ["", "Trained by these commands (`--work` holds the runs):", "", "```bash",
-                  *commands.values(), "```"]
-    lines += summary(sec, targets[-1])
-    lines += table1_lines(a, sec, head, targets, len(classes))
-    lines += ["## Table 2: reconstruction of held-out images", "",
-              "Each image translated to its own class. L2: per-image Euclidean distance in model "
-              "units [-1, 1] (the paper's measure); MSE and PSNR on [0, 1]. The mean training "
-              "image "
-              "is the trivial reconstruction.", ""]
-    lines += md_table(["method", "variant", "n", "L2 (mean ± sd)", "MSE", "PSNR (dB)"],
-                      [[m, v, n, f"{l2:.3f} ± {sd:.3f}", f"{mse:.2e}", f"{p:.1f}"]
-                       for m, v, n, l2, sd, mse, p in sec["table2"]])
-    lines += truth_lines(sec, head, targets)
-    lines += ["", "## Does a translation keep its input? (shuffled-input control)", "",
-              f"Each translation to the top class ({targets[-1]}) against its own input and "
-              "against another input (the next one), in pixels and in cell features; then the "
-              "share of images closer to their own input, over all targets.", ""]
-    top = [r for r in sec["preservation"] if r[1] == targets[-1]]
-    share = {m: np.mean([r[4] for r in sec["preservation"] if r[0] == m]) for m in outputs}
-    lines += md_table(["method", "PSNR own / other (dB)", "closer (pixels)",
-                       "feature dist own / other", "closer (features)",
-                       "closer (pixels), all targets"],
-                      [[m, f"{po:.1f} / {pt:.1f}", f"{pc:.0%}", f"{fo:.2f} / {ft:.2f}",
-                        f"{fc:.0%}", f"{share[m]:.0%}"] for m, _, po, pt, pc, fo, ft, fc in top])
-    lines += ["", "## Fig. 4: do translated features follow the real ones?", "",
-              "Median Pearson r across doses between real and translated per-class feature means, "
-              "over the features whose real means follow dose (|Spearman ρ| ≥ 0.8); effect r: "
-              "Pearson r across features between the real effect (class mean − control mean) and "
-              "the translated one (translations' mean − inputs' mean), features scaled by their "
-              "spread, at the top class and averaged over classes.", ""]
-    by_dose = sec["by_dose"]
-    lines += md_table(["method", *(["median r (dose-varying)", "features"] if by_dose else []),
-                       "effect r (top)", "effect r (mean)"],
-                      [[m, *([f"{r:.2f}", n] if by_dose else []), f"{e:.2f}", f"{em:.2f}"]
-                       for m, r, n, e, em in sec["fig4"]])
-    if by_dose:
-        lines += ["", "![](fig4.png)"]
-    if "fig2b" in sec:
-        lines += ["", f"## Fig. 2b: t-test on the Golgi area (`{GOLGI_FEATURE}`)", "",
-                  f"Welch t-test of each Golgi feature, real {classes[0]} against real "
-                  f"{classes[-1]} and against each method's translations of {classes[0]} images "
-                  f"to {classes[-1]} (`identity`: untranslated, the test must find nothing).", ""]
-        lines += md_table(["feature", "treated images", "n", f"{classes[0]} mean",
-                           "treated mean", "t", "p"],
-                          [[f, s, f"{n0} / {n1}", f"{ma:.2f}", f"{mb:.2f}", f"{t:.2f}",
-                            f"{p:.2g}"] for f, s, n0, n1, ma, mb, t, p in sec["fig2b"]])
-        lines += ["", "![](fig2b.png)"]
-    if (out / "fig2" / "representation.md").exists():
-        lines += ["", "## The second paper's Fig. 2 and Fig. 3", "",
-                  "Feature F1 against reconstruction for the methods that decode, with floors: "
-                  "[fig2/representation.md](fig2/representation.md), ![](fig2/fig2.png)"]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    kw = (dict(data_source=a.data, n_per_class=a.represent_n, seed=a.seed + 1,
+               compounds=a.compounds) if a.synthetic else dict(data_source=a.test))
+    commands.represent(paths, folder, device=a.device, overwrite=True, **kw)
 
 
 def add_arguments(p):
-    """The flags of `eval.py reproduce` (it adds --device, --inception-weights, --batch-size)."""
-    p.add_argument("--data", default="synthetic",
-                   help="synthetic | synthetic-golgi | training images (npz, class folders)")
-    p.add_argument("--test", help="real data: the held-out images (whole sites; data.py sites)")
+    """The flags of `eval.py reproduce` (eval.py adds --device, --inception-weights, --batch-size)."""
+    files.add_flags(p, data="synthetic")
+    p.add_argument("--test", help="real data: the held-out images (whole sites; "
+                                  "tools/prepare.py sites)")
     p.add_argument("--kind", default="bbbc021", choices=["bbbc021", "golgi"])
     p.add_argument("--compounds", nargs="+", help="keep DMSO and these compounds (default: all)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(COMPARED),
@@ -717,7 +485,7 @@ def add_arguments(p):
                         "stylegan (both PhenEx), dino, ganformer")
     p.add_argument("--preset", default="cpu", choices=list(TRAIN),
                    help="the recorded training commands (%(default)s)")
-    p.add_argument("--out", required=True, help="report folder: markdown, CSVs, small PNGs")
+    files.add_flags(p, out=files.REQUIRED)
     p.add_argument("--work", help="runs, outputs, features (default runs/<name of --out>)")
     p.add_argument("--image-size", type=files.integer(8),
                    help="default by preset: " + ", ".join(f"{k} {v}" for k, v in SIZE.items()))
@@ -735,14 +503,6 @@ def add_arguments(p):
                    help="synthetic images per class of the second paper's Fig. 2 (%(default)s)")
     p.add_argument("--boot", type=files.integer(10), default=200,
                    help="bootstrap resamples of each Frechet distance (%(default)s)")
-    p.add_argument("--ddim-steps", type=files.integer(1), default=50,
-                   help="phendiff: DDIM steps each way (%(default)s)")
-    p.add_argument("--fixed-point-iters", type=files.integer(0), default=5,
-                   help="phendiff: iterations of the exact-inversion row (%(default)s)")
-    p.add_argument("--projection-steps", type=files.integer(1),
-                   help="PhenEx: projection steps per image (default by preset: "
-                        + ", ".join(f"{k} {v}" for k, v in PROJECTION_STEPS.items()) + ")")
-    p.add_argument("--workers", type=files.integer(1), default=2,
-                   help="processes for cell features")
+    files.add_flags(p, ddim_steps=50, fixed_point_iters=5, projection_steps=None, workers=2)
     p.add_argument("--train-device", default="auto", help="train.py --device (%(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    files.add_flags(p, seed=0)

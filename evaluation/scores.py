@@ -1,0 +1,203 @@
+"""What a translation is scored by, for every method alike: reconstruction error (Table 2), the
+dose-response of cell features (Fig. 4), encoder features (Table 1), and each translation against a
+reference of its own and another's: its input (does it keep it?) or, on synthetic data, the truth
+(is it this cell's response?). The demo and the reproduction both score with these.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import files
+import method as M
+from evaluation.features import feature_table, finite_mean
+from evaluation.stats import feature_distance, pearson, spearman
+
+# -----------------------------------------------------------------------------
+# running a method or an encoder over many images
+
+
+def batched(fn, tensors, batch_size, device, desc=None):
+    """fn over batches of the tensors (split alike along dim 0) on device; the results concatenated
+    along the image dimension (-4), on the CPU."""
+    chunks = list(zip(*(t.split(batch_size) for t in tensors)))
+    with torch.no_grad():
+        parts = [fn(*(t.to(device) for t in c)).cpu()
+                 for c in tqdm(chunks, desc=desc, disable=desc is None)]
+    return torch.cat(parts, -4)
+
+
+@torch.no_grad()
+def encode(images, encoder, batch_size=16, device="cpu"):
+    """(N, C, H, W) images in [0, 1] -> (N, D) float64 features of any encoder callable
+    (Inception or a domain one)."""
+    out = [encoder(torch.as_tensor(np.asarray(images[i:i + batch_size]), dtype=torch.float32,
+                                   device=device))
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).double().cpu().numpy()
+
+
+def fid(images1, images2, encoder, batch_size=16, device="cpu"):
+    """FID (with an InceptionV3) or its analogue for any encoder; arrays in [0, 1] or folder
+    paths."""
+    sets = [files.read_stack(files.list_images([x])) if isinstance(x, (str, Path)) else x
+            for x in (images1, images2)]
+    return feature_distance(*(encode(x, encoder, batch_size, device) for x in sets))
+
+
+def load_variants(path, device, ddim_steps, fixed_point_iters, projection=None,
+                  projection_steps=None):
+    """(checkpoint, {name: method}) for Table 2: PhenDiff with plain (eq. 6) and exact inversion,
+    a StyleGAN with its projection (W or W+), any other method (or a folder of CycleGAN pair runs)
+    as it is."""
+    path = M.checkpoint_path(path)
+    if path.is_file():
+        ckpt = M.load_checkpoint(path)
+        if ckpt["method"] == "phendiff":
+            build = lambda k: M.build(ckpt, device, ddim_steps=ddim_steps,  # noqa: E731
+                                      fixed_point_iters=k)
+            return ckpt, {"plain eq. 6": build(0),
+                          f"exact ({fixed_point_iters} fixed-point iters)":
+                              build(fixed_point_iters)}
+    options = dict(projection=projection, projection_steps=projection_steps)
+    options = {k: v for k, v in options.items() if v is not None}
+    net, ckpt = M.load_translator(path, device, **options)
+    return ckpt, {"translate to the own class": net}
+
+# -----------------------------------------------------------------------------
+# Table 2: reconstruction error
+
+
+def reconstruction_error(x, rec):
+    """Per-image errors of reconstructions rec of images x, both (N, C, H, W) in [-1, 1]:
+    {"l2": Euclidean distance over all pixels and channels in these units, "mse" and "psnr": on
+    [0, 1] (peak 1)}, each an (N,) array. rec is clamped to [-1, 1], as any saved image would be."""
+    d = (torch.as_tensor(rec).clamp(-1, 1) - torch.as_tensor(x)).flatten(1).double().cpu()
+    mse = (d / 2).pow(2).mean(1)
+    return {"l2": d.norm(dim=1).numpy(), "mse": mse.numpy(),
+            "psnr": (-10 * torch.log10(mse.clamp_min(1e-12))).numpy()}
+
+
+def psnr(x, y):
+    return reconstruction_error(x, y)["psnr"]
+
+
+def table2_rows(x, recs):
+    """Rows [method, variant, n, L2 mean, L2 sd, MSE, PSNR] of reconstructions {(method, variant):
+    (N, C, H, W)} of the images x."""
+    return [[m, v, len(x), e["l2"].mean(), e["l2"].std(), e["mse"].mean(), e["psnr"].mean()]
+            for (m, v), r in recs.items() for e in [reconstruction_error(x, r)]]
+
+# -----------------------------------------------------------------------------
+# each translation against its own reference and another's: the input, or the truth
+
+
+def feature_rows(images, channels, workers=1):
+    """(N, F) cell features of images in [-1, 1] with these channel names, and the feature names."""
+    kw = dict(golgi_channel=channels.index("golgi") if "golgi" in channels else None,
+              nuclei_channel=channels.index("dna") if "dna" in channels else 0)
+    table = feature_table(((images + 1) / 2).numpy(), workers=workers, **kw)
+    return np.stack(list(table.values()), 1), list(table)
+
+
+def feature_scale(real_cells):
+    """Each feature's spread over real images (a list of (N, F) arrays), the unit of feature
+    distances; a constant or absent feature gets nan and is left out of every distance."""
+    scale = np.nanstd(np.concatenate(real_cells), 0)
+    scale[~(scale > 0)] = np.nan
+    return scale
+
+
+def feature_distance_rows(f1, f2, scale):
+    """Per-image RMS over features of (f1 - f2) / scale; features nan on a side left out."""
+    d = (f1 - f2) / scale
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.nanmean(d ** 2, 1))
+
+
+def own_and_other(dist, share_closer_if_smaller):
+    """Mean distance to the own reference, to another one (the next), share closer to the own:
+    dist(shift) gives per-image distances to the references rolled by shift."""
+    own, other = dist(0), dist(1)
+    closer = own < other if share_closer_if_smaller else own > other
+    return float(np.nanmean(own)), float(np.nanmean(other)), float(closer.mean())
+
+
+AGAINST = ["psnr_own", "psnr_other", "closer_pixels", "feature_dist_own", "feature_dist_other",
+           "closer_features"]
+
+
+def against_references(translations, targets, refs, ref_cells, cells, scale):
+    """Each translation against its own reference (the input, or the truth) and another's (the
+    next one's), in pixels and cell features. translations {method: (classes, N, C, H, W)}; for
+    target t, refs(t) the reference images and ref_cells(t) their features, cells(method, t) the
+    translations'. Doing nothing is a method like any other (its translations are the inputs).
+    Rows: method, target, then AGAINST: PSNR own / other, share closer to its own, feature distance
+    own / other, share closer to its own."""
+    rows = []
+    for m, y in translations.items():
+        for t in targets:
+            fy = cells(m, t)
+            px = own_and_other(lambda s: psnr(refs(t).roll(s, 0), y[t]), False)
+            ft = own_and_other(lambda s: feature_distance_rows(np.roll(ref_cells(t), s, 0), fy,
+                                                               scale), True)
+            rows.append([m, t, *px, *ft])
+    return rows
+
+# -----------------------------------------------------------------------------
+# Fig. 4 and samples from noise
+
+
+def feature_tables(sets, workers=1, **feature_kw):
+    """{class: (N, C, H, W) in [0, 1]} -> {class: {feature: (N,) values}} (features.py)."""
+    return {c: feature_table(np.asarray(x), workers=workers, **feature_kw)
+            for c, x in sets.items()}
+
+
+def dose_response(real, fake):
+    """Fig. 4's numbers from the feature tables (feature_tables) of real and translated images of
+    each class. Returns groups {compound: its classes by increasing dose}, means {(source, class):
+    {feature: mean}} with source "real" or "translated", and r {compound: {feature: Pearson r
+    across doses of real vs translated means}}."""
+    groups = {k: [c for c in v if c in fake] for k, v in files.compounds(list(real)).items()
+              if k != "DMSO"}
+    groups = {k: v for k, v in groups.items() if len(v) >= 3}
+    if not groups:
+        raise ValueError("no compound has >= 3 concentrations among both the real and the "
+                         "translated classes")
+    means = {(src, c): {k: finite_mean(v) for k, v in tables[c].items()}
+             for src, tables in (("real", real), ("translated", fake)) for cs in groups.values()
+             for c in cs}
+    names = list(next(iter(means.values())))
+    r = {k: {n: pearson(np.array([means["real", c][n] for c in cs]),
+                        np.array([means["translated", c][n] for c in cs])) for n in names}
+         for k, cs in groups.items()}
+    return groups, means, r
+
+
+def spread(x):
+    """Mean pairwise RMS distance between the images of a set (N, C, H, W), in their units."""
+    flat = torch.as_tensor(np.asarray(x)).flatten(1).double()
+    d = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
+    return float(d.sum() / (len(x) * (len(x) - 1)))
+
+
+def sample_statistics(real, fake, feature, workers=1):
+    """A generative method's samples from noise against real images, {class: (N, C, H, W) in
+    [0, 1]} each: ({class: (real spread, sampled spread)}, {compound: (Spearman rho between dose
+    and the feature's means of the samples, the same of real images)}). A collapsed generator
+    samples a much smaller spread; one that learned the classes follows the real trend."""
+    spreads = {c: (spread(real[c]), spread(fake[c])) for c in real}
+    try:
+        groups, means, _ = dose_response(feature_tables(real, workers),
+                                         feature_tables(fake, workers))
+    except ValueError:  # no compound with 3 doses: spreads only
+        return spreads, {}
+    trends = {}
+    for k, cs in groups.items():
+        conc = np.array([files.parse_class(c)[1] for c in cs])
+        trends[k] = tuple(spearman(conc, np.array([means[src, c][feature] for c in cs]))
+                          for src in ("translated", "real"))
+    return spreads, trends
