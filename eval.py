@@ -12,6 +12,8 @@ internals, so PhenDiff and every baseline are measured by the same code:
   samples      a generative method's samples from noise: spread (collapse) and dose trend
   represent    DSAE's representation quality: 1-NN and linear-probe F1 of encoders' features
                against floors (evaluation/representation.py)
+  ceiling      the counterfactual's ceiling: a regressor trained on paired synthetic fields
+               (evaluation/ceiling.py)
   inversion    PhenDiff's reconstruction against DDIM steps, plain vs exact inversion; the
                trajectory of real images; the inverted latents (evaluation/inversion.py)
   reproduce    both papers in one resumable command (evaluation/reproduce.py)
@@ -26,6 +28,7 @@ internals, so PhenDiff and every baseline are measured by the same code:
     python eval.py samples --ckpt runs/stylegan --data synthetic --out runs/eval
     python eval.py represent --ckpt runs/dino --data synthetic --out runs/eval
     python eval.py inversion --ckpt checkpoints/demo.pt --steps 2 5 10 20 50 100 --out runs/inv
+    python eval.py ceiling --out runs/ceiling
     python eval.py bench
     python eval.py reproduce --data synthetic --compounds latrunculin_b --out results/NAME
 """
@@ -33,7 +36,7 @@ import argparse
 
 import files
 from evaluation import commands as C
-from evaluation import inversion, reproduce
+from evaluation import ceiling, inversion, reproduce
 from evaluation.inception import WEIGHTS_ENV, WEIGHTS_FILE
 
 
@@ -99,6 +102,18 @@ def get_parser():
     s.add_argument("--trajectory-steps", type=files.integer(2), default=50,
                    help="DDIM steps of the trajectory figure and the latents (%(default)s)")
     files.add_flags(s, seed=1, device="auto")
+    s = sub.add_parser("ceiling", parents=[out], help="the counterfactual's ceiling: paired "
+                                                        "regression on synthetic fields")
+    c = ceiling.CeilingConfig()
+    s.add_argument("--compounds", nargs="+", default=list(c.compounds),
+                   help="DMSO and these compounds (%(default)s)")
+    s.add_argument("--image-size", type=files.integer(8), default=c.image_size)
+    s.add_argument("--n-per-class", type=files.integer(2), default=c.n_per_class,
+                   help="paired training fields (%(default)s)")
+    s.add_argument("--steps", type=files.integer(1), default=c.steps)
+    s.add_argument("--eval-n", type=files.integer(2), default=32, help="held-out fields")
+    s.add_argument("--eval-seed", type=int, default=7)
+    files.add_flags(s, batch_size=c.batch_size, seed=c.seed, device="auto")
     s = sub.add_parser("bench", help="feature extraction throughput and accuracy")
     s.add_argument("--batches", type=files.integer(1), default=4)
     s.add_argument("--images", type=files.integer(25), default=200)
@@ -107,8 +122,9 @@ def get_parser():
                        help="both papers: train, translate, score every method; report.md")
     reproduce.add_arguments(s)
     for name, cmd in sub.choices.items():
-        cmd.set_defaults(run=dict(reproduce=reproduce.run, inversion=inversion.cmd_inversion)
-                         .get(name) or getattr(C, f"cmd_{name}"))
+        cmd.set_defaults(run=dict(reproduce=reproduce.run, inversion=inversion.cmd_inversion,
+                                  ceiling=ceiling.cmd_ceiling).get(name)
+                         or getattr(C, f"cmd_{name}"))
     return p
 
 

@@ -308,3 +308,47 @@ def latent_histogram(latents, path, title="inverted latents"):
     ax.set(xlabel="value", ylabel="density", title=title)
     ax.legend(fontsize=7)
     return _save(fig, path, dpi=110)
+
+
+def curves(panels, path, title=""):
+    """Line plots side by side, one per panel: [{"lines": {label: (x, y)}, "title": ..., "xlabel":
+    ..., "ylabel": ..., "xscale": ..., "xticks": ..., "yscale": ...}] (keys other than "lines" go to
+    ax.set); markers on lines of few points, a log x axis labelled in plain numbers. The course's
+    labs draw their sweeps with it."""
+    fig = Figure(figsize=(4.2 * len(panels), 3.3))
+    for ax, panel in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+        for label, (x, y) in panel["lines"].items():
+            ax.plot(x, y, marker="o" if len(x) <= 20 else None, ms=3, label=label)
+        ax.set(**{k: v for k, v in panel.items() if k != "lines"})
+        if panel.get("xscale") == "log":
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path, dpi=100)
+
+
+def series_differences(x, names, y, path, title):
+    """Each input followed by its translations to a series of classes (e.g. every dose), and below
+    each translation its difference from the input, on one symmetric colour scale (red = brighter).
+    x: (B, C, H, W); names: a column title per class; y: (len(names), B, C, H, W)."""
+    diffs = difference_map(x[None].expand_as(y).flatten(0, 1), y.flatten(0, 1)).view(*y.shape[:2],
+                                                                                      *x.shape[2:])
+    lim = max(diffs.abs().max().item(), 1e-3)
+    fig = Figure(figsize=(1.05 * (len(names) + 1), 2.2 * len(x) + 0.5))
+    axes = fig.subplots(2 * len(x), len(names) + 1, squeeze=False)
+    for i in range(len(x)):
+        _show(axes[2 * i, 0], files.to_uint8(x[i]))
+        axes[2 * i, 0].set_title("input", fontsize=7)
+        axes[2 * i + 1, 0].set_axis_off()
+        for j, name in enumerate(names):
+            _show(axes[2 * i, j + 1], files.to_uint8(y[j, i]))
+            axes[2 * i, j + 1].set_title(name, fontsize=7)
+            _show(axes[2 * i + 1, j + 1], diffs[j, i].cpu().numpy(), cmap="seismic", vmin=-lim,
+                  vmax=lim)
+    fig.suptitle(f"{title}\n(below each: translated - input, mean over channels, red = brighter, "
+                 f"±{lim:.2f})", fontsize=7)
+    return _save(fig, path, dpi=100)

@@ -13,31 +13,30 @@ Stages, each skipped when its output exists (a killed run continues where it sto
   3. outputs   each method's translations of the held-out control images to every class and its
                reconstructions of held-out images of every class (arrays in --work)
   4. features  cell features of everything scored (features.py), cached in --work
-  5. report    report.md with Table 1 (domain and Inception Frechet distance, bootstrap
-               intervals), Table 2, the counterfactual error (synthetic: the truth is known),
-               input preservation, Fig. 4, Fig. 2b (Golgi data), the second paper's Fig. 2
+  5. report    report.md with Table 1 (domain and Inception Frechet distance with intervals,
+               paired differences between methods), Table 2, the counterfactual error between
+               its floor and ceiling (synthetic: the truth is known), input preservation, Fig. 4,
+               Fig. 2b (Golgi data), the second paper's Fig. 2
 Checkpoints and arrays go to --work (never committed); --out holds markdown, CSVs and small PNGs.
 """
 import json
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 from tqdm import tqdm
 
 import data
 import files
 import method as M
 from baselines import encoders
-from evaluation import commands, plots, report
+from evaluation import ceiling, commands, plots, report
 from evaluation import scores as S
 from evaluation.inception import load_inception
-from evaluation.stats import frechet_bootstrap, pearson, spearman
+from evaluation.stats import frechet_difference, frechet_interval
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: train.py
 # compared name -> (the run that trains it, PhenEx's projection space)
@@ -72,6 +71,9 @@ TRAIN = {
 SIZE = {"cpu": 32, "paper": 128, "tiny": 16}
 PROJECTION_STEPS = {"cpu": 500, "paper": 1000, "tiny": 2}
 DOMAIN_STEPS = {"cpu": 1500, "paper": 10000, "tiny": 10}
+# the counterfactual's ceiling (evaluation/ceiling.py): paired fields per class and steps
+CEILING = {"cpu": dict(n_per_class=2000, steps=3000), "paper": dict(n_per_class=2000, steps=3000),
+           "tiny": dict(n_per_class=4, steps=2)}
 GOLGI_FEATURE = "golgi_area_mean"
 FLOOR = "real (training images)"
 
@@ -200,57 +202,7 @@ def identity_outputs(a, te):
 # 3. scores
 
 
-def fig4_rows(outputs, targets, classes, real_cells, cells, scale):
-    """Fig. 4 (per compound with >= 3 doses: Pearson r across doses of real vs translated feature
-    means, over the features whose real means follow dose) and the effect r (across features:
-    real class mean - control mean against translations' mean - inputs' mean, any class count).
-    Returns rows [method, median r, features, effect r at the top, mean effect r], {method: r}."""
-    real_means = np.stack([np.nanmean(f, 0) for f in real_cells])
-    groups = {g: [classes.index(c) for c in cs] for g, cs in files.compounds(classes).items()
-              if g != "DMSO" and len(cs) >= 3}
-    conc = {g: np.array([files.parse_class(classes[c])[1] for c in cs]) for g, cs in groups.items()}
-    nf, fig4, rows = real_means.shape[1], {}, []
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a feature absent from every image: nan
-        for m in outputs:
-            if m == "identity":  # untranslated: constant means, every r undefined
-                continue
-            fake_means = np.stack([np.nanmean(cells("input"), 0)]
-                                  + [np.nanmean(cells(f"{m}_{t}"), 0) for t in targets])
-            r = {g: np.array([pearson(real_means[cs, j], fake_means[cs, j]) for j in range(nf)])
-                 for g, cs in groups.items()}
-            varying = {g: np.array([abs(spearman(conc[g], real_means[cs, j])) >= 0.8
-                                    for j in range(nf)]) for g, cs in groups.items()}
-            fig4[m] = np.concatenate([r[g][varying[g]] for g in groups]) if groups else np.array([])
-            effect = [pearson((real_means[t] - real_means[0]) / scale,
-                                (fake_means[t] - fake_means[0]) / scale) for t in targets]
-            rows.append([m, np.nanmedian(fig4[m]) if np.isfinite(fig4[m]).any() else np.nan,
-                         int(np.isfinite(fig4[m]).sum()), effect[-1],
-                         np.nanmean(effect) if np.isfinite(effect).any() else np.nan])
-    return rows, fig4 if groups else {}
-
-
-def fig2b_rows(outputs, classes, real_cells, cells, names):
-    """Fig. 2b: Welch t-test of each Golgi feature, real control against real treated and against
-    each method's translations (identity: no change, the test must find nothing). Returns rows
-    [feature, treated images, n control, n treated, means, t, p] and the boxes of GOLGI_FEATURE."""
-    rows, boxes = [], []
-    for f in sorted((f for f in names if f.startswith("golgi_")), key=lambda f: f != GOLGI_FEATURE):
-        j = names.index(f)
-        base = real_cells[0][:, j][np.isfinite(real_cells[0][:, j])]
-        boxes += [(f"real\n{classes[0]}", base)] if f == GOLGI_FEATURE else []
-        for src, v in [("real", real_cells[-1][:, j])] + [
-                (m, cells(f"{m}_{len(classes) - 1}")[:, j]) for m in outputs]:
-            v = v[np.isfinite(v)]
-            t, p = (stats.ttest_ind(base, v, equal_var=False) if min(len(v), len(base)) > 1
-                    else (np.nan, np.nan))
-            rows.append([f, src, len(base), len(v), np.mean(base) if len(base) else np.nan,
-                         np.mean(v) if len(v) else np.nan, t, p])
-            boxes += [(f"{src}\n{classes[-1]}", v)] if f == GOLGI_FEATURE else []
-    return rows, boxes
-
-
-def score(a, out, te, tr, truth, outputs, feats, names):
+def score(a, out, te, tr, truth, outputs, ceiling_y, feats, names):
     """Every table and figure from the saved outputs and features (CSVs and PNGs into out): the
     rows of the report's sections."""
     classes, targets = te.classes, list(range(1, len(te.classes)))
@@ -262,14 +214,23 @@ def score(a, out, te, tr, truth, outputs, feats, names):
     sec = {}
     # Table 1: Frechet distance of translated vs real images of each target class; the floor: real
     # training images of the class
-    sec["table1"] = [[space, m, classes[t], len(fake), len(real),
-                      *frechet_bootstrap(fake, real, a.boot, a.seed)]
-                     for space in ["domain"] + (["inception"] if a.inception_weights else [])
-                     for m in [*outputs, FLOOR] for t in targets
+    spaces = ["domain"] + (["inception"] if a.inception_weights else [])
+    sec["table1"] = [[space, m, classes[t], len(fake), len(real), *frechet_interval(fake, real)]
+                     for space in spaces for m in [*outputs, FLOOR] for t in targets
                      for fake, real in [(feats[f"{space}_{'train' if m == FLOOR else m}_{t}"],
                                          feats[f"{space}_test_{t}"])]]
     files.write_csv(out / "table1.csv", ["features", "method", "class", "n_translated", "n_real",
                                          "frechet", "low", "high"], sec["table1"])
+    # paired: the first method against each other one, on the same inputs and the same references
+    first = next(iter(outputs))
+    sec["table1_paired"] = [
+        [space, first, m, classes[t], *frechet_difference(feats[f"{space}_{first}_{t}"],
+                                                          feats[f"{space}_{m}_{t}"],
+                                                          feats[f"{space}_test_{t}"])]
+        for space in spaces for m in outputs if m != first for t in targets]
+    files.write_csv(out / "table1_paired.csv", ["features", "method", "against", "class",
+                                                "difference", "low", "high"],
+                    sec["table1_paired"])
     # Table 2: reconstruction of held-out images of every class
     recs = {(m, v): r for m, o in outputs.items() for v, r in o["reconstructions"].items()
             if m != "identity"} | {("mean training image", "trivial"):
@@ -285,26 +246,42 @@ def score(a, out, te, tr, truth, outputs, feats, names):
     files.write_csv(out / "preservation.csv", ["method", "target", *S.AGAINST],
                     sec["preservation"])
     if truth is not None:
-        sec["counterfactual"] = against(lambda t: truth[t], lambda t: cells(f"truth_{t}"))
-        by_dose = [[r[0], r[1], files.parse_class(r[1])[1], *r[2:]] for r in sec["counterfactual"]]
-        files.write_csv(out / "counterfactual.csv", ["method", "target", "concentration_uM",
-                                                     *(c + "_truth" for c in S.AGAINST)], by_dose)
-        plots.counterfactual(by_dose, out / "counterfactual.png")
-    sec["fig4"], fig4 = fig4_rows(outputs, targets, classes, real_cells, cells, scale)
+        counterfactual(out, sec, translations, ceiling_y, targets, truth, cells, scale, named)
+    sec["fig4"], fig4 = S.fig4_rows(outputs, targets, classes, real_cells, cells, scale)
     sec["by_dose"] = bool(fig4)
     files.write_csv(out / "fig4.csv", ["method", "median_r_dose_varying", "n_features",
                                        "effect_r_top_target", "effect_r_mean"], sec["fig4"])
     if fig4:
         plots.fig4_methods(fig4, out / "fig4.png")
     if any(f.startswith("golgi_") for f in names):
-        sec["fig2b"], boxes = fig2b_rows(outputs, classes, real_cells, cells, names)
-        files.write_csv(out / "fig2b.csv", ["feature", "treated_images", "n_control",
+        sec["fig2b"], boxes = S.golgi_tests(outputs, classes, real_cells, cells, names, GOLGI_FEATURE)
+        files.write_csv(out / "fig2b.csv", ["feature", "treated_images", "test", "n_control",
                                             "n_treated", "control_mean", "treated_mean", "t",
-                                            "p"], sec["fig2b"])
+                                            "p", "p_holm", "effect", "effect_low",
+                                            "effect_high"], sec["fig2b"])
         plots.boxes(boxes, GOLGI_FEATURE,
                     f"real {classes[0]} vs real and translated {classes[-1]}", out / "fig2b.png",
                     log=True)
     return sec
+
+def counterfactual(out, sec, translations, ceiling_y, targets, truth, cells, scale, named):
+    """Each translation against its own field at the target dose (synthetic data only), between
+    the floor (identity: doing nothing) and the ceiling (a regressor trained on paired fields),
+    with each method's gain over doing nothing as a paired interval over the images."""
+    cf = {**translations, **({"ceiling": ceiling_y} if ceiling_y is not None else {})}
+    args = (targets, lambda t: truth[t], lambda t: cells(f"truth_{t}"),
+            lambda m, t: cells(f"{m}_{t}"), scale)
+    sec["counterfactual"] = named(S.against_references(cf, *args))
+    sec["gains"] = named(S.gains(cf, "identity", *args))
+    by_dose = [[r[0], r[1], files.parse_class(r[1])[1], *r[2:]] for r in sec["counterfactual"]]
+    files.write_csv(out / "counterfactual.csv", ["method", "target", "concentration_uM",
+                                                 *(c + "_truth" for c in S.AGAINST)], by_dose)
+    files.write_csv(out / "counterfactual_gains.csv", [
+        "method", "target", "psnr_gain", "psnr_gain_low", "psnr_gain_high", "feature_gain",
+        "feature_gain_low", "feature_gain_high"], sec["gains"])
+    plots.counterfactual(by_dose, out / "counterfactual.png")
+    if ceiling_y is not None:
+        plots.gap_closed(by_dose, out / "counterfactual_gap.png")
 
 # -----------------------------------------------------------------------------
 # the pipeline
@@ -346,7 +323,7 @@ def check_setup(a):
     run must not mix them with another setup's."""
     setup = json.loads(json.dumps({k: getattr(a, k) for k in (
         "data", "test", "kind", "compounds", "image_size", "fit", "train_n", "n", "n_recon",
-        "preset", "seed")}))
+        "preset", "seed", "ceiling")}))
     path = Path(a.work) / "setup.json"
     if path.exists() and json.loads(path.read_text()) != setup:
         raise ValueError(f"--work {a.work} holds the runs and outputs of another setup ({path}); "
@@ -354,7 +331,7 @@ def check_setup(a):
     path.write_text(json.dumps(setup, indent=1))
 
 
-def image_sets(a, tr, te, truth, outputs):
+def image_sets(a, tr, te, truth, outputs, ceiling_y):
     """Every image set scored, by cache key: the inputs, the held-out and the training images of
     each class (as many training images as translations: a Frechet distance's bias depends on the
     counts), each method's translations and, on synthetic data, the truth."""
@@ -368,6 +345,8 @@ def image_sets(a, tr, te, truth, outputs):
             sets |= {f"{m}_{c}": o["translations"][c] for m, o in outputs.items()}
             if truth is not None:
                 sets[f"truth_{c}"] = truth[c]
+            if ceiling_y is not None:
+                sets[f"ceiling_{c}"] = ceiling_y[c]
     return sets
 
 
@@ -417,20 +396,12 @@ def run(a):
     domain = encoders.load_domain_encoder(dpath, a.device)
     inception = load_inception(a.inception_weights, a.device) if a.inception_weights else None
 
-    # 3. every method's outputs, and doing nothing
-    outputs = {}
-    for m in a.methods:
-        p = Path(a.work) / "outputs" / f"{m}.pt"
-        def outputs_stage(m=m, p=p):
-            M.save_checkpoint(method_outputs(a, m, paths[m], te), p)
-            for f in (Path(a.work) / "features").glob(f"{m}_*.npz"):
-                f.unlink()  # features of earlier outputs
-        stages.run(f"outputs {m}", outputs_stage, p.exists)
-        outputs[m] = torch.load(p, weights_only=True)
-    outputs["identity"] = identity_outputs(a, te)
+    # 3. every method's outputs, doing nothing, and (synthetic) the ceiling's answers
+    outputs = all_outputs(a, stages, paths, te)
+    ceiling_y = ceiling_outputs(a, stages, te) if truth is not None else None
 
     # 4. features of every image set, cached set by set
-    sets, feats = image_sets(a, tr, te, truth, outputs), {}
+    sets, feats = image_sets(a, tr, te, truth, outputs, ceiling_y), {}
 
     def feature_stage():
         for key, images in tqdm(sets.items(), desc="features"):
@@ -440,7 +411,7 @@ def run(a):
 
     # 5. the report; the second paper's Fig. 2 for the methods that decode
     names = S.feature_rows(sets["input"][:1], te.channels)[1]
-    sec = score(a, out, te, tr, truth, outputs, feats, names)
+    sec = score(a, out, te, tr, truth, outputs, ceiling_y, feats, names)
     decoding = [m for m in a.methods if m in ("dsae", "vae", "bigan", "alae", "dcvae")]
     if decoding:
         stages.run("the second paper's Fig. 2", lambda: represent(a, [paths[m] for m in decoding],
@@ -453,6 +424,46 @@ def run(a):
     report.reproduction(a, out, te, outputs, sec, recorded, paths, stages.times,
                         time.perf_counter() - t_start)
     print(f"wrote {out}/report.md")
+
+
+def all_outputs(a, stages, paths, te):
+    """{method: its translations and reconstructions}, each saved in --work by a stage of its own,
+    and doing nothing (identity)."""
+    outputs = {}
+    for m in a.methods:
+        p = Path(a.work) / "outputs" / f"{m}.pt"
+
+        def outputs_stage(m=m, p=p):
+            M.save_checkpoint(method_outputs(a, m, paths[m], te), p)
+            for f in (Path(a.work) / "features").glob(f"{m}_*.npz"):
+                f.unlink()  # features of earlier outputs
+        stages.run(f"outputs {m}", outputs_stage, p.exists)
+        outputs[m] = torch.load(p, weights_only=True)
+    outputs["identity"] = identity_outputs(a, te)
+    return outputs
+
+
+def ceiling_outputs(a, stages, te):
+    """The ceiling's answers (classes, N, C, H, W) for the control inputs: --ceiling, or a
+    regressor trained here on paired fields of the same classes and size (evaluation/ceiling.py;
+    its own seed, apart from every evaluation set)."""
+    path = Path(a.ceiling or Path(a.work) / "ceiling.pt")
+
+    def ceiling_stage():
+        config = ceiling.CeilingConfig(kind=a.kind, compounds=tuple(a.compounds or ()),
+                                       image_size=a.image_size, **CEILING[a.preset])
+        net, classes, _ = ceiling.train(config, a.device)
+        ceiling.save(path, net, classes, config)
+        for f in (Path(a.work) / "features").glob("ceiling_*.npz"):
+            f.unlink()  # features of an earlier ceiling's answers
+    if not a.ceiling:
+        stages.run("ceiling", ceiling_stage, path.exists)
+    net, classes, config = ceiling.load(path, a.device)
+    if classes != te.classes or config.image_size != a.image_size:
+        raise ValueError(f"--ceiling {path} was trained on {classes} at {config.image_size} px; "
+                         f"the evaluation data has {te.classes} at {a.image_size} px")
+    x = inputs_of(a, te)[0]
+    return ceiling.translate(net, x.to(a.device), range(len(classes))).cpu()
 
 
 def domain_accuracy(net, te, a):
@@ -501,8 +512,8 @@ def add_arguments(p):
                    help="held-out images reconstructed (%(default)s)")
     p.add_argument("--represent-n", type=files.integer(10), default=200,
                    help="synthetic images per class of the second paper's Fig. 2 (%(default)s)")
-    p.add_argument("--boot", type=files.integer(10), default=200,
-                   help="bootstrap resamples of each Frechet distance (%(default)s)")
+    p.add_argument("--ceiling", help="synthetic data: a checkpoint of `eval.py ceiling` (default: "
+                                     "trained as a stage, evaluation/ceiling.py)")
     files.add_flags(p, ddim_steps=50, fixed_point_iters=5, projection_steps=None, workers=2)
     p.add_argument("--train-device", default="auto", help="train.py --device (%(default)s)")
     files.add_flags(p, seed=0)

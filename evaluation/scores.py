@@ -4,6 +4,7 @@ reference of its own and another's: its input (does it keep it?) or, on syntheti
 (is it this cell's response?). The demo and the reproduction both score with these.
 """
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from tqdm import tqdm
 import files
 import method as M
 from evaluation.features import feature_table, finite_mean
-from evaluation.stats import feature_distance, pearson, spearman
+from evaluation.stats import (compare, feature_distance, holm, paired_interval, pearson,
+                              spearman)
 
 # -----------------------------------------------------------------------------
 # running a method or an encoder over many images
@@ -146,6 +148,21 @@ def against_references(translations, targets, refs, ref_cells, cells, scale):
             rows.append([m, t, *px, *ft])
     return rows
 
+def gains(translations, base, targets, refs, ref_cells, cells, scale):
+    """Each method's gain over `base` (doing nothing) against its own reference, image by image:
+    rows [method, target, PSNR gain, low, high, feature-distance gain, low, high], each a paired
+    t interval (95 %) over the images; positive = closer to the reference than `base`."""
+    rows = []
+    for m, y in translations.items():
+        if m == base:
+            continue
+        for t in targets:
+            px = paired_interval(psnr(refs(t), y[t]), psnr(refs(t), translations[base][t]))
+            ft = paired_interval(feature_distance_rows(ref_cells(t), cells(base, t), scale),
+                                 feature_distance_rows(ref_cells(t), cells(m, t), scale))
+            rows.append([m, t, *px, *ft])
+    return rows
+
 # -----------------------------------------------------------------------------
 # Fig. 4 and samples from noise
 
@@ -201,3 +218,64 @@ def sample_statistics(real, fake, feature, workers=1):
         trends[k] = tuple(spearman(conc, np.array([means[src, c][feature] for c in cs]))
                           for src in ("translated", "real"))
     return spreads, trends
+
+# -----------------------------------------------------------------------------
+# every method's Fig. 4 and Fig. 2b from cell features (the reproduction)
+
+
+def fig4_rows(outputs, targets, classes, real_cells, cells, scale):
+    """Fig. 4 (per compound with >= 3 doses: Pearson r across doses of real vs translated feature
+    means, over the features whose real means follow dose) and the effect r (across features:
+    real class mean - control mean against translations' mean - inputs' mean, any class count).
+    Returns rows [method, median r, features, effect r at the top, mean effect r], {method: r}."""
+    real_means = np.stack([np.nanmean(f, 0) for f in real_cells])
+    groups = {g: [classes.index(c) for c in cs] for g, cs in files.compounds(classes).items()
+              if g != "DMSO" and len(cs) >= 3}
+    conc = {g: np.array([files.parse_class(classes[c])[1] for c in cs]) for g, cs in groups.items()}
+    nf, fig4, rows = real_means.shape[1], {}, []
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a feature absent from every image: nan
+        for m in outputs:
+            if m == "identity":  # untranslated: constant means, every r undefined
+                continue
+            fake_means = np.stack([np.nanmean(cells("input"), 0)]
+                                  + [np.nanmean(cells(f"{m}_{t}"), 0) for t in targets])
+            r = {g: np.array([pearson(real_means[cs, j], fake_means[cs, j]) for j in range(nf)])
+                 for g, cs in groups.items()}
+            varying = {g: np.array([abs(spearman(conc[g], real_means[cs, j])) >= 0.8
+                                    for j in range(nf)]) for g, cs in groups.items()}
+            fig4[m] = np.concatenate([r[g][varying[g]] for g in groups]) if groups else np.array([])
+            effect = [pearson((real_means[t] - real_means[0]) / scale,
+                                (fake_means[t] - fake_means[0]) / scale) for t in targets]
+            rows.append([m, np.nanmedian(fig4[m]) if np.isfinite(fig4[m]).any() else np.nan,
+                         int(np.isfinite(fig4[m]).sum()), effect[-1],
+                         np.nanmean(effect) if np.isfinite(effect).any() else np.nan])
+    return rows, fig4 if groups else {}
+
+
+def golgi_tests(outputs, classes, real_cells, cells, names, first):
+    """Fig. 2b: each Golgi feature, real control against real treated (Welch's t-test: other
+    images) and against each method's translations of the control inputs (a paired t-test:
+    translation i against its own input i; identity: no change, the test must find nothing).
+    Holm's adjustment across the features of each source. Returns rows [feature, treated images,
+    test, n control, n treated, means, t, p, Holm p, effect, low, high] and the boxes of the
+    feature `first`."""
+    rows, boxes = [], []
+    golgi = sorted((f for f in names if f.startswith("golgi_")), key=lambda f: f != first)
+    top = len(classes) - 1
+    for f in golgi:
+        j = names.index(f)
+        for src, v, base, paired in [("real", real_cells[-1][:, j], real_cells[0][:, j], False)] + [
+                (m, cells(f"{m}_{top}")[:, j], cells("input")[:, j], True) for m in outputs]:
+            t, p, effect, lo, hi = compare(v, base, paired)
+            rows.append([f, src, "paired t" if paired else "Welch t", int(np.isfinite(base).sum()),
+                         int(np.isfinite(v).sum()), np.nanmean(base), np.nanmean(v), t, p, np.nan,
+                         effect, lo, hi])
+            if f == first:
+                boxes += [] if boxes else [(f"real\n{classes[0]}", base[np.isfinite(base)])]
+                boxes.append((f"{src}\n{classes[-1]}", v[np.isfinite(v)]))
+    for src in dict.fromkeys(r[1] for r in rows):
+        mine = [r for r in rows if r[1] == src]
+        for r, adjusted in zip(mine, holm([r[8] for r in mine])):
+            r[9] = adjusted
+    return rows, boxes

@@ -311,3 +311,23 @@ def test_clip_keeps_x0_in_range_and_is_a_no_op_inside_it():
     out = ddim.sample(bad, torch.randn(2, 3, 4, 4, generator=g), 0, ddim.make_schedule("linear"),
                       20, clip=True)
     assert out.abs().max() <= 1 + 1e-5
+
+
+def test_trajectories_record_every_step_at_no_cost_otherwise():
+    """sample/invert with trajectory=[] record {t, x, x0} per step, end on the returned image, and
+    give the same result as without; sampling's x0 predictions end at the clean image."""
+    mu, sigma = image_like_means(4), torch.tensor([0.3, 0.5, 1.0])
+    oracle = GaussianOracle(mu, sigma)
+    y = torch.tensor([0, 2])
+    x = mu[y] + sigma[y].view(-1, 1, 1, 1) * torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    inv, smp = [], []
+    z = ddim.invert(oracle, x, y, ALPHA, 5, trajectory=inv)
+    out = ddim.sample(oracle, z, y, ALPHA, 5, trajectory=smp)
+    assert torch.equal(z, ddim.invert(oracle, x, y, ALPHA, 5))
+    assert torch.equal(out, ddim.sample(oracle, z, y, ALPHA, 5))
+    ts = ddim.timesteps(5, len(ALPHA)).tolist()
+    assert [s["t"] for s in inv] == ts and [s["t"] for s in smp] == ts[::-1][1:] + [-1]
+    assert torch.equal(inv[-1]["x"], z) and torch.equal(smp[-1]["x"], out)
+    torch.testing.assert_close(inv[0]["x0"], x)  # the clean image's own x0 is itself
+    # the last sampling step lands on its x0 prediction (alpha = 1)
+    torch.testing.assert_close(smp[-1]["x0"], out)

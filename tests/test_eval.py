@@ -229,3 +229,25 @@ def test_sample_statistics_see_a_collapse_and_the_dose_trend(folders):
     x = torch.rand(5, 3, 4, 4)
     d = torch.cdist(x.flatten(1), x.flatten(1)) / math.sqrt(48)
     assert scores.spread(x) == pytest.approx(float(d.sum() / 20), rel=1e-6)
+
+
+def test_holm_adjusts_as_the_step_down_procedure():
+    adjusted = stats.holm([0.01, 0.04, 0.03, math.nan, 0.2])
+    # sorted 0.01, 0.03, 0.04, 0.2 -> 4 x 0.01, 3 x 0.03, max(0.09, 2 x 0.04), max(0.09, 0.2)
+    np.testing.assert_allclose(adjusted[[0, 2, 1, 4]], [0.04, 0.09, 0.09, 0.2])
+    assert math.isnan(adjusted[3])
+
+
+def test_a_paired_design_sees_a_small_shift_that_welch_misses():
+    """Translations of the same images that all move a feature by a little: the paired test finds
+    it (tiny sd of the differences), Welch's test between the two sets does not (large spread of
+    images); effects come with intervals that hold them."""
+    g = np.random.default_rng(0)
+    before = g.normal(10, 3, size=40)
+    after = before + 0.3 + g.normal(0, 0.1, size=40)
+    t, p_paired, effect, low, high = stats.compare(after, before, paired=True)
+    assert p_paired < 1e-6 and effect > 2 and low < effect < high
+    _, p_welch, d, low, high = stats.compare(after, before, paired=False)
+    assert p_welch > 0.5 and low < d < high and low < 0 < high
+    mean, low, high = stats.paired_interval(after, before)
+    assert low < 0.3 < high and low < mean < high

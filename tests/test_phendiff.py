@@ -1,4 +1,5 @@
 """PhenDiff translation against the Gaussian oracle, and the command line on a tiny checkpoint."""
+import math
 import re
 import warnings
 
@@ -251,3 +252,31 @@ def test_against_the_truth_tells_this_cells_response_from_another_cells():
     nothing = rows["identity"]
     assert nothing[0] == pytest.approx(scores.psnr(truth[top], x).mean())
     assert nothing[3] > 0.3  # the drug moves the features by a fraction of their spread
+
+
+def test_guidance_is_refused_without_label_dropout(ckpt, tmp_path):
+    """A model trained with p_uncond 0 never learned the null label: --guidance is refused with
+    the reason and the fix; the same model with label dropout in its config accepts it."""
+    inp = write_images(tmp_path / "in")
+    message = fails(phendiff.main, ["translate", "--ckpt", str(ckpt), "--input", str(inp),
+                                    "--source", "DMSO", "--target", "DMSO", "--guidance", "2",
+                                    "--out", str(tmp_path / "o")])
+    assert "--p-uncond" in message and "null label" in message
+    config = phendiff.PhenDiffConfig.preset("tiny", image_size=16, num_classes=3, p_uncond=0.1)
+    assert phendiff.PhenDiff(config, guidance=2.0).options["guidance"] == 2.0
+
+
+def test_inversion_command_writes_the_sweep_the_trajectory_and_the_latents(ckpt, tmp_path):
+    """eval.py inversion on a tiny untrained model: a row per (steps, iterations), every figure
+    written (that exact inversion round-trips is tested on the Gaussian oracle, test_ddim.py)."""
+    import csv
+    import eval as E
+    out = tmp_path / "inv"
+    E.main(["inversion", "--ckpt", str(ckpt), "--n", "3", "--steps", "2", "4", "--iters", "0",
+            "3", "--trajectory-steps", "4", "--out", str(out), "--device", "cpu"])
+    with open(out / "inversion.csv") as f:
+        psnr = {(int(r["ddim_steps"]), int(r["fixed_point_iters"])): float(r["psnr_mean"])
+                for r in csv.DictReader(f)}
+    assert set(psnr) == {(2, 0), (2, 3), (4, 0), (4, 3)} and all(map(math.isfinite, psnr.values()))
+    for name in ("inversion.png", "trajectory.png", "latents.png", "inversion.md"):
+        assert (out / name).stat().st_size > 500, name
