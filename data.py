@@ -1,6 +1,6 @@
 """Datasets for PhenDiff: a synthetic cell-painting benchmark with known dose-responses
-(rendered by benchmark/synthetic.py), and loaders for real microscopy (class folders, .npz arrays, the
-BBBC021 image set).
+(rendered by benchmark/synthetic.py), and loaders for real microscopy (class folders, .npz
+arrays, the BBBC021 image set).
 
 Every source becomes an ImageDataset: images float32 (N, C, H, W) in [-1, 1], labels, class
 names, channel names and the intensity normalisation that maps raw units to [-1, 1] (it goes

@@ -131,6 +131,8 @@ def get_parser():
 def represent_arguments(s):
     s.add_argument("--ckpt", nargs="+", required=True, help="checkpoints of methods with encode")
     files.add_flags(s, data="synthetic")
+    s.add_argument("--train-data", help="train the probes on these images and test them on --data "
+                                        "(whole held-out sites: a site-disjoint probe)")
     s.add_argument("--n-per-class", type=files.integer(2), default=40,
                    help="synthetic images per class (%(default)s)")
     s.add_argument("--compounds", nargs="+", help="keep DMSO and these compounds (default: all)")

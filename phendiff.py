@@ -38,7 +38,7 @@ def translate_many(model, x, y_source, targets, alpha, num_steps, fixed_point_it
                    guidance=0.0, max_batch=None):
     """Invert x once under y_source, then sample the same latent under each target label.
 
-    Returns (len(targets), B, C, H, W). The inversion is shared and the targets are sampled together,
+    Returns (len(targets), B, C, H, W). The inversion is shared and the targets sampled together,
     whole targets up to max_batch images per forward (default 256 on a GPU, which a wider batch
     fills better; 64 on a CPU, where batches over ~64 of the demo model ran slower, not faster).
     """

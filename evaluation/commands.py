@@ -65,7 +65,8 @@ def cmd_table1(a):
             for c in common]
     mean = ["mean", sum(r[1] for r in rows), sum(r[2] for r in rows),
             float(np.mean([r[3] for r in rows]))]
-    files.write_csv(folder / "table1.csv", ["class", "n_real", "n_translated", "fid"], rows + [mean])
+    files.write_csv(folder / "table1.csv", ["class", "n_real", "n_translated", "fid"],
+                    rows + [mean])
     plots.bars(common, [r[3] for r in rows], "FID (translated vs real)", folder / "table1.png")
 
 
@@ -129,7 +130,8 @@ def cmd_recon(a):
         print(f"{variant}: L2 {e['l2'].mean():.4f} ([-1, 1] units)  PSNR {e['psnr'].mean():.2f} dB")
     files.write_csv(folder / "recon.csv", ["reconstruction", "n", "l2_mean", "l2_std", "mse_mean",
                                      "psnr_mean", "psnr_std"], rows)
-    files.write_csv(folder / "recon_per_image.csv", ["reconstruction", "image", "l2", "mse", "psnr"],
+    files.write_csv(folder / "recon_per_image.csv",
+                    ["reconstruction", "image", "l2", "mse", "psnr"],
               per_image)
     plots.image_rows({"real": x, **recs}, folder / "recon.png")
 
@@ -211,16 +213,18 @@ def cmd_ttest(a):
 
 def cmd_represent(a):
     represent(a.ckpt, a.out, a.data, a.device, a.overwrite, a.n_per_class, a.seed, a.compounds,
-              a.control, a.fit, a.every, a.block, a.batch_size,
+              a.control, a.fit, a.every, a.block, a.batch_size, a.train_data,
               command=f"python eval.py {' '.join(a.argv)}")
 
 
 def represent(paths, out, data_source, device="cpu", overwrite=False, n_per_class=40, seed=0,
               compounds=None, control="DMSO", fit=None, every=5, block=None, batch_size=64,
-              command=None):
+              train_source=None, command=None):
     """DSAE's representation quality: 1-NN and linear-probe F1 of encoders' features against the
     floors (channel statistics, pixels, random weights), a table and a PCA map; for methods that
     decode, reconstructions (F1 against reconstruction: the paper's Fig. 2) and decoded paths.
+    With train_source the probes train on those images and are tested on data_source (whole
+    held-out sites: no site on both sides); without, on blocks of data_source (`every`, `block`).
     The reproduction calls it on its held-out data."""
     loaded = [M.load_method(p, device) for p in paths]
     runs = [Path(p).name if Path(p).is_dir() else Path(p).stem for p in paths]
@@ -234,9 +238,17 @@ def represent(paths, out, data_source, device="cpu", overwrite=False, n_per_clas
     if len(size) > 1:
         raise ValueError(f"the checkpoints take different image sizes ({sorted(size)}); compare "
                          "encoders of one size")
-    ds = data.load_dataset(data_source, image_size=size.pop(), n_per_class=n_per_class, seed=seed,
-                           compounds=compounds, normalization=loaded[0][1].get("normalization"),
-                           fit=fit or loaded[0][1].get("args", {}).get("fit", "crop"))
+    kw = dict(image_size=size.pop(), n_per_class=n_per_class, seed=seed, compounds=compounds,
+              normalization=loaded[0][1].get("normalization"),
+              fit=fit or loaded[0][1].get("args", {}).get("fit", "crop"))
+    ds, test = data.load_dataset(data_source, **kw), None
+    if train_source:  # train on these images, test on data_source: a site-disjoint probe
+        tr = data.load_dataset(train_source, **kw)
+        if tr.classes != ds.classes:
+            raise ValueError(f"--train-data has classes {tr.classes}, --data {ds.classes}")
+        test = torch.arange(len(tr) + len(ds)) >= len(tr)
+        ds = data.ImageDataset(torch.cat([tr.images, ds.images]), torch.cat([tr.labels, ds.labels]),
+                               ds.classes, ds.channels, ds.normalization)
     encoders, names = {}, [f"{ckpt['method']} ({p})" for p, (_, ckpt) in zip(paths, loaded)]
     for i, (p, (net, ckpt)) in enumerate(zip(paths, loaded)):
         if ckpt["config"].get("in_channels", ds.images.shape[1]) != ds.images.shape[1]:
@@ -249,18 +261,22 @@ def represent(paths, out, data_source, device="cpu", overwrite=False, n_per_clas
     is_synthetic = ds.truth is not None
     block = block or (1 if is_synthetic else 4)
     ec50 = R.SYNTHETIC_EC50 if is_synthetic else None
-    rows, maps, raw = R.represent(ds, encoders, control, every, block, ec50, batch_size, device)
+    rows, maps, raw = R.represent(ds, encoders, control, every, block, ec50, batch_size, device,
+                                  test=None if test is None else test.numpy())
     for r in rows:
         print(f"{r['features']:40s} {r['task']:9s} 1-NN F1 {r['knn_f1']:.3f}  linear F1 "
               f"{r['linear_f1']:.3f}  (chance {r['chance']:.3f})")
-    about = [f"Data: {data_source}, {len(ds)} images of {len(ds.classes)} classes; held out: the "
-             f"first of every {every} blocks of {block} image(s) of each class. Checkpoints: "
-             f"{', '.join(map(str, paths))}."]
+    held_out = (f"the probes train on {train_source} and are tested on {data_source} (whole "
+                "sites held out: no site on both sides)" if train_source else
+                f"held out: the first of every {every} blocks of {block} image(s) of each class")
+    about = [f"Data: {data_source}, {len(ds)} images of {len(ds.classes)} classes; {held_out}. "
+             f"Checkpoints: {', '.join(map(str, paths))}."]
     if is_synthetic:
         about.append("Compounds: doses at or below the compound's EC50 (synthetic.COMPOUNDS) are "
                      "left out.")
     lines = R.report(rows, about)
-    test = torch.as_tensor(R.split(ds.labels.numpy(), every, block))
+    if test is None:
+        test = torch.as_tensor(R.split(ds.labels.numpy(), every, block))
     x = ds.images[test]
     trivial = reconstruction_error(x, ds.images[~test].mean(0).expand_as(x))["mse"].mean()
     recon = {}
@@ -280,8 +296,7 @@ def represent(paths, out, data_source, device="cpu", overwrite=False, n_per_clas
         plots.f1_against_reconstruction(points, trivial, folder / "fig2.png")
     report.write(folder / "representation.md", "Representation quality of encoders",
                  command or f"eval.py represent --ckpt {' '.join(map(str, paths))}", seed, lines)
-    files.write_csv(folder / "representation.csv", R.COLUMNS,
-                    [[r[k] for k in R.COLUMNS] for r in rows])
+    files.write_csv(folder / "representation.csv", R.COLUMNS, R.csv_rows(rows))
     maps = {k: v for k, v in maps.items() if not k.endswith("random weights")}
     plots.feature_map(maps, ds.labels, ds.classes, folder / "map.png",
                       "PCA of features normalised to the control")

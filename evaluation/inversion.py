@@ -55,7 +55,8 @@ def cmd_inversion(a):
     net, alpha, size = method.net(), method.alpha, ckpt["config"]["image_size"]
     ds = data.load_dataset(a.data, image_size=size, n_per_class=a.n, seed=a.seed,
                            normalization=ckpt.get("normalization"))
-    known = [i for i, label in enumerate(ds.labels.tolist()) if ds.classes[label] in ckpt["classes"]]
+    known = [i for i, label in enumerate(ds.labels.tolist())
+             if ds.classes[label] in ckpt["classes"]]
     pick = torch.tensor(known)[torch.randperm(len(known), generator=torch.Generator()
                                               .manual_seed(a.seed))[:a.n]]
     x = ds.images[pick].to(a.device)

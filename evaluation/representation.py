@@ -182,6 +182,25 @@ def linear_probe_f1(train_f, train_y, test_f, test_y, num_classes=None, **kw):
     k = num_classes or int(max(np.max(train_y), np.max(test_y))) + 1
     return macro_f1(test_y, linear_probe(train_f, train_y, test_f, **kw), k)
 
+
+def f1_interval(true, preds, num_classes, n_boot=1000, seed=0, level=0.95):
+    """Macro F1 of each prediction set (a list, predictions of the same test images) with a
+    percentile bootstrap interval over the test images, and, for two sets, the interval of their
+    difference from the same resamples (paired). Returns [(f1, low, high) per set] and, with two
+    sets, (difference, low, high) of the first minus the second as well."""
+    true = np.asarray(true)
+    g = np.random.default_rng(seed)
+    idx = g.integers(0, len(true), (n_boot, len(true)))
+    boot = np.array([[macro_f1(true[i], np.asarray(p)[i], num_classes) for p in preds]
+                     for i in idx])
+    q = [(1 - level) / 2, (1 + level) / 2]
+    out = [(macro_f1(true, p, num_classes), *np.quantile(boot[:, j], q))
+           for j, p in enumerate(preds)]
+    if len(preds) == 2:
+        diff = out[0][0] - out[1][0]
+        return out, (diff, *np.quantile(boot[:, 0] - boot[:, 1], q))
+    return out
+
 # -----------------------------------------------------------------------------
 # classes -> compounds, the held-out split
 
@@ -226,20 +245,23 @@ def _check_split(labels, test, names):
 
 
 def represent(ds, encoders, control="DMSO", every=5, block=1, ec50=None, batch_size=64,
-              device="cpu", weight_decay=1e-3):
+              device="cpu", weight_decay=1e-3, test=None):
     """Representation quality of each feature set on a dataset (an ImageDataset, images in
     [-1, 1]): encoders {name: encode(batch) -> (B, D)} and the floors channel statistics and pixels.
     Each set is normalised to the control's training images, then classified on the held-out split
     (`split`) by 1-NN and a linear probe, over the classes and over compound groups
-    (`compound_groups` with ec50). Returns (rows: one dict per feature set and task, maps:
-    {name: (N, 2) PCA of the normalised features}, raw: {name: (N, D) features as encoded})."""
+    (`compound_groups` with ec50). test: a held-out mask of the images (default: `split`, every
+    every-th block), e.g. whole sites that no encoder trained on. Returns (rows: one dict per
+    feature set and task, with the test labels and both classifiers' predictions for intervals,
+    maps: {name: (N, 2) PCA of the normalised features}, raw: {name: (N, D) features as
+    encoded})."""
     y = ds.labels.numpy()
     if len(ds.classes) < 2:
         raise ValueError(f"need at least 2 classes to classify, the data has {len(ds.classes)}")
     if control not in ds.classes:
         raise ValueError(f"control class {control!r} is not in the data; it has: "
                          f"{', '.join(ds.classes[:8])}{', ...' if len(ds.classes) > 8 else ''}")
-    test = split(y, every, block)
+    test = split(y, every, block) if test is None else np.asarray(test, bool)
     _check_split(y, test, ds.classes)
     tasks = {"classes": (y, np.ones(len(y), bool), list(ds.classes))}
     groups = compound_groups(ds.classes, ec50)
@@ -256,29 +278,61 @@ def represent(ds, encoders, control="DMSO", every=5, block=1, ec50=None, batch_s
         for task, (labels, keep, members) in tasks.items():
             tr, te = keep & ~test, keep & test
             k = len(members)
+            knn = nearest_neighbour(f[tr], labels[tr], f[te])
+            linear = linear_probe(f[tr], labels[tr], f[te], weight_decay=weight_decay)
             rows.append({"features": name, "dim": f.shape[1], "task": task, "classes": k,
                          "n_train": int(tr.sum()), "n_test": int(te.sum()),
                          "chance": chance_f1(labels[te], k),
-                         "knn_f1": knn_f1(f[tr], labels[tr], f[te], labels[te], k),
-                         "linear_f1": linear_probe_f1(f[tr], labels[tr], f[te], labels[te], k,
-                                                      weight_decay=weight_decay),
-                         "members": members})
+                         "knn_f1": macro_f1(labels[te], knn, k),
+                         "linear_f1": macro_f1(labels[te], linear, k),
+                         "members": members, "true": labels[te], "knn": knn, "linear": linear})
+            (_, *rows[-1]["knn_ci"]), (_, *rows[-1]["linear_ci"]) = f1_interval(
+                labels[te], [knn, linear], k)[0]
     return rows, maps, raw
 
 
 COLUMNS = ["features", "dim", "task", "classes", "n_train", "n_test", "chance", "knn_f1",
-           "linear_f1"]
+           "knn_low", "knn_high", "linear_f1", "linear_low", "linear_high"]
+
+
+def csv_rows(rows):
+    """The rows of representation.csv (COLUMNS)."""
+    return [[r["features"], r["dim"], r["task"], r["classes"], r["n_train"], r["n_test"],
+             r["chance"], r["knn_f1"], *r["knn_ci"], r["linear_f1"], *r["linear_ci"]]
+            for r in rows]
 
 
 def report(rows, about):
-    """representation.md's lines: the table and what every number is. about: lines on the data."""
+    """representation.md's lines: the table with bootstrap intervals, the first feature set against
+    each other one on the same test images (paired), and what every number is. about: lines on
+    the data."""
+    ci = lambda v, lo_hi: f"{v:.3f} [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"  # noqa: E731
     lines = [*about, "", *md_table(
-        ["features", "dim", "task", "classes", "train / test images", "chance", "1-NN F1",
-         "linear F1"],
+        ["features", "dim", "task", "classes", "train / test images", "chance",
+         "1-NN F1 [95 %]", "linear F1 [95 %]"],
         [[r["features"], r["dim"], r["task"], r["classes"], f"{r['n_train']} / {r['n_test']}",
-          f"{r['chance']:.3f}", f"{r['knn_f1']:.3f}", f"{r['linear_f1']:.3f}"] for r in rows])]
+          f"{r['chance']:.3f}", ci(r["knn_f1"], r["knn_ci"]), ci(r["linear_f1"], r["linear_ci"])]
+         for r in rows])]
+    first = rows[0]["features"]
+    paired = []
+    for r in rows:
+        base = next(b for b in rows if b["features"] == first and b["task"] == r["task"])
+        if r["features"] == first:
+            continue
+        cells = []
+        for clf in ("knn", "linear"):
+            _, (d, lo, hi) = f1_interval(r["true"], [base[clf], r[clf]], r["classes"])
+            word = "higher" if lo > 0 else "lower" if hi < 0 else "within noise"
+            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] {word}")
+        paired.append([r["features"], r["task"], *cells])
     compounds = next((r["members"] for r in rows if r["task"] == "compounds"), None)
-    lines += ["", "- F1: macro F1 (the mean over classes of each class's F1) on held-out images.",
+    lines += ["", f"**{first} against each feature set, paired** (the F1 difference on the same "
+              "test images, first minus other, percentile bootstrap over the images; higher / "
+              "lower: the interval excludes 0)", "",
+              *md_table(["features", "task", "1-NN F1 difference", "linear F1 difference"],
+                        paired),
+              "", "- F1: macro F1 (the mean over classes of each class's F1) on held-out images; "
+              "[95 %]: a percentile bootstrap over the test images (1,000 resamples).",
               "- 1-NN F1: the class of the most cosine-similar training image.",
               "- linear F1: a multinomial logistic regression on the frozen features (standardised "
               "on the training images; L-BFGS, weight decay 1e-3).",
@@ -287,7 +341,11 @@ def report(rows, about):
               "images (mean 0, std 1 per dimension), as the DSAE paper does.",
               "- floors: channel statistics (mean and std of each channel), pixels (the flattened "
               "image) and, for a checkpoint, the same method with random weights (seeded); an "
-              "encoder that does not beat them has learned nothing they do not already hold.",
+              "encoder that does not beat them has learned nothing they do not already hold. One "
+              "random initialisation is one draw: another seed's floor can differ by as much as "
+              "the gaps between encoders.",
+              "- the intervals are over test images only: a second training seed of the same "
+              "encoder varies too, which they do not show.",
               "- task classes: every class of the data; task compounds: images grouped by compound "
               "(mechanism-of-action analogue)"
               + (f": {', '.join(compounds)}." if compounds else ".")]

@@ -254,7 +254,8 @@ def score(a, out, te, tr, truth, outputs, ceiling_y, feats, names):
     if fig4:
         plots.fig4_methods(fig4, out / "fig4.png")
     if any(f.startswith("golgi_") for f in names):
-        sec["fig2b"], boxes = S.golgi_tests(outputs, classes, real_cells, cells, names, GOLGI_FEATURE)
+        sec["fig2b"], boxes = S.golgi_tests(outputs, classes, real_cells, cells, names,
+                                            GOLGI_FEATURE)
         files.write_csv(out / "fig2b.csv", ["feature", "treated_images", "test", "n_control",
                                             "n_treated", "control_mean", "treated_mean", "t",
                                             "p", "p_holm", "effect", "effect_low",
@@ -358,7 +359,8 @@ def run(a):
     a.kind = "golgi" if a.data == "synthetic-golgi" else a.kind
     if not a.synthetic and not a.test:
         raise ValueError("real data needs --test: held-out images of whole sites, e.g. "
-                         "`python tools/prepare.py sites --data X.npz --test B02_s1 B03_s4 --out DIR` "
+                         "`python tools/prepare.py sites --data X.npz --test B02_s1 B03_s4 "
+                         "--out DIR` "
                          "writes DIR/train.npz and DIR/test.npz")
     unknown = [m for m in a.methods if m not in COMPARED]
     if unknown:
@@ -478,12 +480,14 @@ def domain_accuracy(net, te, a):
 def represent(a, paths, folder):
     """The second paper's Fig. 2 and Fig. 3 (eval.py represent) on the held-out data."""
     kw = (dict(data_source=a.data, n_per_class=a.represent_n, seed=a.seed + 1,
-               compounds=a.compounds) if a.synthetic else dict(data_source=a.test))
+               compounds=a.compounds) if a.synthetic else
+          dict(data_source=a.test, train_source=a.data))  # probes: train sites -> held-out sites
     commands.represent(paths, folder, device=a.device, overwrite=True, **kw)
 
 
 def add_arguments(p):
-    """The flags of `eval.py reproduce` (eval.py adds --device, --inception-weights, --batch-size)."""
+    """The flags of `eval.py reproduce` (eval.py adds --device, --inception-weights and
+    --batch-size)."""
     files.add_flags(p, data="synthetic")
     p.add_argument("--test", help="real data: the held-out images (whole sites; "
                                   "tools/prepare.py sites)")

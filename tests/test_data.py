@@ -266,7 +266,8 @@ def test_sites_split_holds_out_whole_fields_of_view(tmp_path):
         assert list(te["classes"]) == ["DMSO", "drug"]  # arrays not per crop are kept whole
     run = ["sites", "--data", str(tmp_path / "crops.npz"), "--out", str(tmp_path / "other")]
     assert "not in" in fails(prepare.main, run + ["--test", "C_s9"])
-    assert "no images of class(es) ['drug']" in fails(prepare.main, run + ["--test", "B_s1", "B_s2"])
+    assert "no images of class(es) ['drug']" in fails(prepare.main,
+                                                      run + ["--test", "B_s1", "B_s2"])
     assert "already" in fails(prepare.main, run[:-1] + [str(tmp_path / "split"), "--test", "A_s2",
                                                       "B_s1"])
 

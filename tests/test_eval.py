@@ -29,7 +29,8 @@ def test_frechet_identical_is_zero():
 def test_frechet_equal_covariances_is_mean_distance():
     rng = np.random.default_rng(1)
     mu1, mu2, s = rng.standard_normal(6), rng.standard_normal(6), rand_cov(rng, 6)
-    assert stats.frechet_distance(mu1, s, mu2, s) == pytest.approx(((mu1 - mu2) ** 2).sum(), rel=1e-6)
+    assert stats.frechet_distance(mu1, s, mu2, s) == pytest.approx(((mu1 - mu2) ** 2).sum(),
+                                                                   rel=1e-6)
 
 
 def test_frechet_diagonal_covariances():
@@ -37,7 +38,8 @@ def test_frechet_diagonal_covariances():
     mu1, mu2, a, b = (rng.standard_normal(5), rng.standard_normal(5),
                       rng.random(5) + 0.1, rng.random(5) + 0.1)
     expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    assert stats.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-6)
+    assert stats.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected,
+                                                                                     rel=1e-6)
 
 
 def test_frechet_singular_and_bad_shapes():

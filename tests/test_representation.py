@@ -213,7 +213,9 @@ def test_represent_command_end_to_end(fakes, tmp_path, capsys):
     assert [r["classes"] for r in rows[:2]] == ["9", "2"]  # DMSO vs Lat B above its EC50
     assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("chance", "knn_f1", "linear_f1"))
     md = (tmp_path / "r" / "representation.md").read_text()
-    assert md.count("\n| ") == 1 + len(rows) and "latrunculin_b" in md
+    # the table (a row per feature set and task), then the first set against each other one
+    assert md.count("\n| ") == (1 + len(rows)) + (1 + len(rows) - 2) and "latrunculin_b" in md
+    assert all(float(r["knn_low"]) <= float(r["knn_f1"]) <= float(r["knn_high"]) for r in rows)
     assert (tmp_path / "r" / "map.png").stat().st_size > 1000
     assert "already holds" in fails(E.main, argv)
 
@@ -259,3 +261,20 @@ def test_dose_series_orders_doses_and_keeps_a_class_without_dose():
     assert R.dose_series(classes) == {
         "latrunculin_b": ["DMSO", "latrunculin_b_0.1uM", "latrunculin_b_1uM"],
         "protein_synthesis": ["DMSO", "protein_synthesis"]}
+
+
+def test_represent_trains_the_probes_on_other_sites(fakes, tmp_path):
+    """--train-data: the probes train on one file and are tested on all of another (whole
+    held-out sites), so no image of a test site is on the training side."""
+    for name, seed, n in (("train", 0, 6), ("test", 1, 3)):
+        ds = data.synthetic_dataset(n_per_class=n, image_size=16, seed=seed,
+                                    compounds=["latrunculin_b"])
+        images = ((ds.images + 1) / 2).permute(0, 2, 3, 1).numpy()  # (N, H, W, C) in [0, 1]
+        np.savez(tmp_path / f"{name}.npz", images=images, labels=ds.labels.numpy(),
+                 classes=np.array(ds.classes))
+    E.main(["represent", "--ckpt", str(fakes[0]), "--data", str(tmp_path / "test.npz"),
+            "--train-data", str(tmp_path / "train.npz"), "--out", str(tmp_path / "r")])
+    with open(tmp_path / "r" / "representation.csv") as f:
+        row = next(csv.DictReader(f))
+    assert (row["n_train"], row["n_test"]) == ("54", "27")  # 9 classes x 6, 9 x 3
+    assert "no site on both sides" in (tmp_path / "r" / "representation.md").read_text()
