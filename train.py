@@ -182,6 +182,7 @@ def setup_processes(device_flag):
     started = ddp and not dist.is_initialized()
     if started:
         dist.init_process_group("nccl" if cuda else "gloo")
+    if ddp:  # every rank has read the run folder (parse_args) before rank 0 writes to it
         dist.barrier()
     return rank, world if ddp else 1, device, started
 
