@@ -11,12 +11,18 @@ A method (PhenDiff in phendiff.py, the baselines in baselines/) is a small class
     LOG                                  the names train_step may return, for the log's columns
     TRANSLATES                           False for a part of another method (DINO's encoder,
                                          GANformer's decoder): trained, but translates nothing
+    PER_CLASS_BATCH                      True: train.py draws --batch-size images of each class
+                                         per process and step (CycleGAN: unaligned A, B pairs)
+    PER_RANK                             state_dict entries that are each process's own (CycleGAN's
+                                         image pools): saved for every rank, each rank's restored
     __init__(config, device, **options)
     start(dataset)                            a new run's first look at its training data (DSAE:
                                               load its trained parts, class means of features)
-    refresh(dataset)                          before each evaluation and checkpoint: statistics of
-                                              the nets as they are now that translation needs
-                                              (the autoencoders' class means of their codes)
+    check_batch(batch_size, world)            a one-line ValueError for a batch too small for the
+                                              method (images per process, processes)
+    refresh(dataset)                          before each evaluation and checkpoint, on every
+                                              process: statistics of the nets as they are now that
+                                              translation needs (the autoencoders' class means)
     train_step(batch, step) -> {str: float}   one optimisation step on batch = (x, y); the method
                                               owns its optimizers, learning-rate schedule and EMA
     translate(x, y_source, y_target) -> x'    the image of x under another class; x in [-1, 1]
@@ -77,8 +83,13 @@ class Method:
     EVAL_OPTIONS = {}  # faster options for train.py's evaluation grids
     TWO_CLASSES = False  # True: a model per class pair (CycleGAN); train.py runs one per --pairs
     TRANSLATES = True  # False: an encoder (DINO) or a decoder (GANformer), parts of another method
+    PER_CLASS_BATCH = False  # True: a step's batch holds --batch-size images of each class
+    PER_RANK = ()  # state_dict entries that differ between processes by design (image pools)
 
     def start(self, dataset):
+        pass
+
+    def check_batch(self, batch_size, world):
         pass
 
     def refresh(self, dataset):
@@ -160,6 +171,11 @@ def world_size():
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank():
+    """This process's rank in the torchrun job (0 without one)."""
+    return dist.get_rank() if world_size() > 1 else 0
+
+
 def mean_over_processes(t):
     """t averaged in place over the processes of a torchrun job (nothing on one process)."""
     if world_size() > 1:
@@ -168,20 +184,138 @@ def mean_over_processes(t):
     return t
 
 
+def average_in_place(tensors):
+    """Each tensor replaced by its mean over the processes, all in one all-reduce."""
+    tensors = list(tensors)
+    if world_size() == 1 or not tensors:
+        return
+    flat = mean_over_processes(torch.cat([t.flatten() for t in tensors]))
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 def average_gradients(params):
     """Mean of the gradients over the processes of a torchrun job (nothing on one process).
 
     GANs average by hand, as StyleGAN2-ADA does, rather than through DDP: their steps run D on real
     and fake images, differentiate through D for a gradient penalty and alternate optimizers, none
     of which fits DDP's one forward + one backward per step."""
+    average_in_place(p.grad for p in params if p.grad is not None)
+
+
+@torch.no_grad()
+def average_buffers(modules):
+    """BatchNorm's running statistics (every floating-point buffer) averaged over the processes:
+    each process normalises by its own batch, as DDP without SyncBatchNorm does, and the averaged
+    statistics keep every rank's copy of the net the same."""
+    average_in_place(b for m in modules for b in m.buffers() if b.is_floating_point())
+
+
+def gather_over_processes(t):
+    """Every process's t (equal shapes) concatenated along dim 0 in rank order; t on one process."""
     if world_size() == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = mean_over_processes(torch.cat([g.flatten() for g in grads]))
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_from_rank0(tensors):
+    """Rank 0's values in place on every process: for what each process computes by itself from
+    the same weights (class means of codes), where GPU kernels may differ in the last bits."""
+    if world_size() > 1:
+        for t in tensors:
+            dist.broadcast(t, 0)
+
+
+def state_entries(state, prefix=""):
+    """[(dotted name, leaf)] of nested dicts and lists: "G.net.0.weight",
+    "optimizer_g.state.3.exp_avg", "optimizer_g.param_groups.0.lr", ..."""
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return [(prefix, state)]
+    return [e for k, v in items for e in state_entries(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def check_ddp_consistency(state):
+    """Under torchrun, a one-line ValueError naming the first entry and rank that differ unless
+    every process holds the same `state` (a state_dict: parameters, EMA, buffers, optimizer
+    states), as StyleGAN2-ADA checks at each snapshot: names, shapes and plain values are
+    gathered, then rank 0's copy of each tensor is broadcast and compared exactly (NaN equal to
+    NaN). Every process must call it. Returns the number of entries compared (0 on one
+    process)."""
+    if world_size() == 1:
+        return 0
+    entries = state_entries(state)
+    signature = [(n, tuple(v.shape), str(v.dtype)) if torch.is_tensor(v) else (n, repr(v))
+                 for n, v in entries]
+    signatures = [None] * world_size()
+    dist.all_gather_object(signatures, signature)
+    for r, other in enumerate(signatures):
+        if other != signatures[0]:
+            name = next((a[0] for a, b in zip(other, signatures[0]) if a != b), "the entry count")
+            raise ValueError(f"the processes disagree: {name} on rank {r} differs from rank 0's "
+                             "(its name, shape, dtype or value)")
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if dist.get_backend() == "nccl" else torch.device("cpu"))
+    differs = torch.zeros(world_size(), len(entries), device=device)
+    for i, (_, v) in enumerate(entries):
+        if torch.is_tensor(v):
+            mine = v.detach().to(device)
+            mine = mine if mine.is_floating_point() else mine.to(torch.int64)  # bool too
+            first = mine.clone()
+            dist.broadcast(first, 0)
+            same = mine == first
+            if mine.is_floating_point():
+                same |= mine.isnan() & first.isnan()
+            differs[rank(), i] = float(not same.all())
+    dist.all_reduce(differs)
+    bad = differs.nonzero().tolist()  # [rank, entry], lowest rank first
+    if bad:
+        r, i = bad[0]
+        raise ValueError(f"the processes disagree: {entries[i][0]} on rank {r} differs from rank "
+                         f"0's ({len(bad)} differences in {len(entries)} state entries)")
+    return len(entries)
+
+
+def gather_objects(obj):
+    """[every process's obj] in rank order, its tensors moved to the CPU; [obj] on one process."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, to_cpu(obj))
+    return out
+
+
+def to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    return [to_cpu(v) for v in obj] if isinstance(obj, (list, tuple)) else obj
+
+
+def checkpoint_state(method):
+    """method.state_dict() for a checkpoint; under torchrun every process calls it at once: the
+    entries that must be equal on every rank are checked (check_ddp_consistency), each of the
+    method's PER_RANK entries becomes a list of every rank's (one entry on one process)."""
+    state = method.state_dict()
+    shared = {k: v for k, v in state.items() if k not in method.PER_RANK}
+    check_ddp_consistency(shared)
+    return {**shared, **{k: gather_objects(state[k]) for k in method.PER_RANK}}
+
+
+def rank_state(cls, state, process=0):
+    """A checkpoint's state as a process loads it: of each PER_RANK entry saved by every rank (a
+    list), its own; its rank mod their count when the number of processes changed."""
+    own = {k: state[k][process % len(state[k])] for k in cls.PER_RANK
+           if isinstance(state.get(k), list)}
+    return {**state, **own}
 
 
 def count_parameters(method):
@@ -207,7 +341,8 @@ def set_lr(optimizer, lr):
 # -----------------------------------------------------------------------------
 # checkpoints: one dict that loads with torch.load(weights_only=True)
 #   version, method, config, classes, channels, normalization, state (the method's state_dict;
-#   entries named optimizer* only matter for resuming), step, rng, args (train.py's flags)
+#   entries named optimizer* only matter for resuming; a PER_RANK entry is a list, one per rank),
+#   step, rng, args (train.py's flags)
 
 
 def save_checkpoint(obj, path):
@@ -230,13 +365,15 @@ def save_checkpoint(obj, path):
         raise
 
 
-def make_checkpoint(method, ds, step, args):
-    """The checkpoint dict of a method trained on dataset ds, after `step` optimizer steps."""
+def make_checkpoint(method, ds, step, args, state=None):
+    """The checkpoint dict of a method trained on dataset ds, after `step` optimizer steps; state:
+    checkpoint_state(method), which train.py takes on every process of a torchrun job."""
     return {"version": CHECKPOINT_VERSION, "method": method.name,
             "config": dataclasses.asdict(method.config), "classes": list(ds.classes),
             "channels": list(ds.channels),
             "normalization": {k: [float(v) for v in ds.normalization[k]] for k in ("low", "high")},
-            "state": method.state_dict(), "step": step, "rng": rng_state(), "args": args}
+            "state": checkpoint_state(method) if state is None else state, "step": step,
+            "rng": rng_state(), "args": args}
 
 
 def _from_version_1(ckpt):
@@ -289,7 +426,7 @@ def build(ckpt, device="cpu", **options):
                          f"{e}") from e
     method = cls(config, device, **options)
     try:
-        method.load_state_dict(ckpt["state"])
+        method.load_state_dict(rank_state(cls, ckpt["state"]))
     except (RuntimeError, KeyError) as e:  # weights of another shape, or a missing net
         first = str(e).strip().splitlines()[0][:200]
         raise ValueError(f"{ckpt['method']} checkpoint whose weights do not fit its config "

@@ -168,7 +168,9 @@ class PhenDiff(M.Method):
                             self.model.null_label, y)
         loss_sum = torch.zeros((), device=x.device)
         try:
-            for i, (xm, ym) in enumerate(zip(x.chunk(c.grad_accum), y.chunk(c.grad_accum))):
+            # exactly grad_accum micro-batches (chunk may give fewer), so DDP syncs on the last
+            for i, (xm, ym) in enumerate(zip(x.tensor_split(c.grad_accum),
+                                             y.tensor_split(c.grad_accum))):
                 if isinstance(self.train_model, DDP):  # all-reduce on the last micro-step only
                     self.train_model.require_backward_grad_sync = i == c.grad_accum - 1
                 with self.autocast:
@@ -185,6 +187,12 @@ class PhenDiff(M.Method):
             M.update_ema(self.ema, self.model, M.ema_decay(step, c.ema_decay))
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_val, "grad_norm": norm_val, "lr": lr}
+
+    def check_batch(self, batch_size, world):
+        if batch_size < self.config.grad_accum:
+            raise ValueError(f"--batch-size {batch_size} (per process) is smaller than "
+                             f"--grad-accum {self.config.grad_accum}: every micro-batch needs an "
+                             "image; lower --grad-accum or raise --batch-size")
 
     def describe(self):
         o = self.options

@@ -9,7 +9,9 @@ Read top-down: the command line; the processes (DDP); data (`get_batch`); the me
 nanoGPT: torchrun's RANK / LOCAL_RANK / WORLD_SIZE pick each process's device and share of the data;
 without them the same code runs as a single process. Exact resume: the data order is a function of
 (seed, epoch) and all randomness of a step is drawn after reseeding torch from (seed, step, rank),
-so a run is a pure function of its arguments and a checkpoint's state.
+so a run is a pure function of its arguments and a checkpoint's state. Every process takes part in
+every collective of every step (a step with nothing to learn from is not skipped), and at each
+checkpoint the processes' states are compared (method.check_ddp_consistency).
 """
 import argparse
 import contextlib
@@ -67,7 +69,7 @@ def common_flags(p):
     # optimisation and system
     a("--steps", type=files.integer(1), default=2000, help="optimizer steps in total (%(default)s)")
     a("--batch-size", type=files.integer(1), default=32,
-      help="images per process per step (%(default)s)")
+      help="images per process per step; cyclegan: of each of its two classes (%(default)s)")
     a("--device", default="auto", choices=["auto", "cpu", "cuda"],
       help="(%(default)s: cuda if any)")
     a("--seed", type=int, default=0, help="data, initial weights, noise (%(default)s)")
@@ -166,7 +168,8 @@ def parse_args(argv):
 
 
 def setup_processes(device_flag):
-    """(rank, world size, device), starting DDP's process group under torchrun."""
+    """(rank, world size, device, whether this call started the process group): under torchrun
+    DDP's process group, unless the caller already started one (tests, notebooks)."""
     ddp = "RANK" in os.environ  # set by torchrun
     rank, local_rank, world = (int(os.environ.get(k, 0))
                                for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
@@ -176,10 +179,12 @@ def setup_processes(device_flag):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if ddp:
+    started = ddp and not dist.is_initialized()
+    if started:
         dist.init_process_group("nccl" if cuda else "gloo")
+    if ddp:  # every rank has read the run folder (parse_args) before rank 0 writes to it
         dist.barrier()
-    return rank, world if ddp else 1, device
+    return rank, world if ddp else 1, device, started
 
 
 def load_data(args, cls):
@@ -207,25 +212,39 @@ def pair_runs(args, cls, ds):
 
 
 class Batches:
-    """get_batch(step): this rank's batch of a step, a function of (seed, step) alone, so resume
-    needs no loader state. Flips and 90-degree rotations unless --no-augment."""
+    """get_batch(step): this rank's batch of a step, a function of (seed, step, rank) alone, so
+    resume needs no loader state. Flips and 90-degree rotations unless --no-augment. A method with
+    PER_CLASS_BATCH (CycleGAN) gets --batch-size images of each class, each class shuffled through
+    epochs of its own, so that no rank ever draws a batch without one of the domains."""
 
-    def __init__(self, ds, args, rank, world, device):
+    def __init__(self, ds, args, rank, world, device, per_class):
         self.ds, self.args, self.device = ds, args, device
-        self.sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
-                                          seed=args.seed, drop_last=True)
-        self.per_epoch = len(self.sampler) // args.batch_size
-        if self.per_epoch == 0:
-            raise ValueError(f"{len(ds)} images do not fill one batch of {args.batch_size} x "
-                             f"{world} processes: lower --batch-size")
-        self.epoch, self.order = None, None
+        groups = ([torch.nonzero(ds.labels == k).flatten() for k in range(len(ds.classes))]
+                  if per_class else [torch.arange(len(ds))])
+        self.samplers = []
+        for k, idx in enumerate(groups):  # seed + k: equal-sized classes are not paired alike
+            sampler = DistributedSampler(idx, num_replicas=world, rank=rank, shuffle=True,
+                                         seed=args.seed + k, drop_last=True)
+            if len(sampler) < args.batch_size:
+                what = (f"class {ds.classes[k]} has {len(idx)} images, which" if per_class
+                        else f"{len(ds)} images")
+                raise ValueError(f"{what} do not fill one batch of {args.batch_size} x {world} "
+                                 "processes: lower --batch-size")
+            self.samplers.append((idx, sampler))
+        self.size = args.batch_size * len(groups)  # images per process and step
+        self.epochs, self.orders = [None] * len(groups), [None] * len(groups)
+
+    def indices(self, i, step):
+        """The step's dataset indices from group i (a class, or the whole set)."""
+        (idx, sampler), b = self.samplers[i], self.args.batch_size
+        epoch, j = divmod(step, len(sampler) // b)
+        if epoch != self.epochs[i]:
+            sampler.set_epoch(epoch)
+            self.epochs[i], self.orders[i] = epoch, idx[torch.tensor(list(sampler))]
+        return self.orders[i][j * b:(j + 1) * b]
 
     def __call__(self, step):
-        epoch, j = divmod(step, self.per_epoch)
-        if epoch != self.epoch:
-            self.sampler.set_epoch(epoch)
-            self.epoch, self.order = epoch, torch.tensor(list(self.sampler))
-        idx = self.order[j * self.args.batch_size:(j + 1) * self.args.batch_size]
+        idx = torch.cat([self.indices(i, step) for i in range(len(self.samplers))])
         x, y = self.ds.images[idx].to(self.device), self.ds.labels[idx].to(self.device)
         if not self.args.no_augment:
             x = data.augment(x)
@@ -233,8 +252,9 @@ class Batches:
         return x.contiguous(memory_format=fmt), y
 
 
-def build_method(cls, args, ds, ckpt, device):
-    """(method, step): new from the preset and flags, or the checkpoint's, continued."""
+def build_method(cls, args, ds, ckpt, device, rank):
+    """(method, step): new from the preset and flags, or the checkpoint's, continued (with this
+    rank's own share of the state that is per rank, e.g. image pools)."""
     C, H = ds.images.shape[1:3]
     shape = dict(image_size=H, in_channels=C, num_classes=len(ds.classes))
     flags = {**given_config(cls, args), "steps": args.steps}
@@ -255,7 +275,7 @@ def build_method(cls, args, ds, ckpt, device):
         method.start(ds)
         return method, 0
     try:
-        method.load_state_dict(ckpt["state"])
+        method.load_state_dict(M.rank_state(cls, ckpt["state"], rank))
     except (RuntimeError, KeyError, ValueError) as e:
         raise ValueError(f"--resume: the checkpoint does not fit the flags given now "
                          f"({str(e).splitlines()[0][:160]})") from None
@@ -290,10 +310,11 @@ def evaluate(method, x, y, targets, path):
     return float(reconstruction_error(x, moved[0])["psnr"].mean())
 
 
-def save(folder, method, ds, step, args):
-    """ckpt_XXXXXXX.pt (the last --keep are kept) and last.pt, a hard link to the newest."""
+def save(folder, method, state, ds, step, args):
+    """ckpt_XXXXXXX.pt (the last --keep are kept) and last.pt, a hard link to the newest; state:
+    M.checkpoint_state(method), taken by every process."""
     path = folder / f"ckpt_{step:07d}.pt"
-    M.save_checkpoint(M.make_checkpoint(method, ds, step, vars(args)), path)
+    M.save_checkpoint(M.make_checkpoint(method, ds, step, vars(args), state), path)
     tmp = folder / ".last.pt.tmp"
     tmp.unlink(missing_ok=True)
     os.link(path, tmp)
@@ -368,19 +389,28 @@ def open_run(folder, cls, method, ds, args, step, resumed, world, device):
     print(f"{folder}: {cls.name} ({args.preset} preset, {M.count_parameters(method) / 1e6:.2f}M "
           f"parameters) | {len(ds)} images, {len(ds.classes)} classes, "
           f"{'x'.join(map(str, ds.images.shape[1:]))} | {device} | global batch "
-          f"{args.batch_size} x {world} | at step {step} of {args.steps}")
+          f"{args.batch_size}{' per class' * cls.PER_CLASS_BATCH} x {world} | at step {step} "
+          f"of {args.steps}")
     return Log(folder, cls.LOG, step, resumed)
 
 
-def reduce_values(values, received, world, device, folder, step):
-    """(the step's values averaged over the processes, whether any process got a signal); a
-    non-finite value on any process stops every process, without saving."""
-    stats = torch.tensor([*values.values(), float(received)], device=device)
+def reduce_values(values, keys, received, world, device, folder, step):
+    """(the step's values averaged over the processes that returned them, whether any process got
+    a signal): one all-reduce in the fixed order of the method's LOG (`keys`) with a mask of which
+    values each process returned, so a value left out at some step or on some process never
+    unbalances the collective. A non-finite value on any process stops every process, unsaved."""
+    foreign = sorted(set(values) - set(keys))
+    if foreign:
+        raise AssertionError(f"train_step returned {foreign}, which are not in the method's LOG "
+                             f"{keys}: add them to LOG (the log's columns and the all-reduce)")
+    stats = torch.tensor([*(values.get(k, 0.0) for k in keys), *(float(k in values) for k in keys),
+                          float(received)], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(stats)
-    *vals, stopping = (stats / world).tolist()
-    values = dict(zip(values, vals))
-    if not all(map(math.isfinite, vals)):
+    n = len(keys)
+    sums, counts, stopping = stats[:n].tolist(), stats[n:2 * n].tolist(), bool(stats[-1])
+    values = {k: v / c for k, v, c in zip(keys, sums, counts) if c}
+    if not all(map(math.isfinite, values.values())):
         last = folder / "last.pt"
         raise ValueError(f"non-finite values {values} at step {step}: stopped without saving; "
                          f"last good checkpoint: {last if last.exists() else 'none yet'}. "
@@ -391,35 +421,41 @@ def reduce_values(values, received, world, device, folder, step):
 def train(cls, args, ds, folder, ckpt, rank, world, device):
     """Train (or continue) one run in `folder`; returns the path of its last checkpoint."""
     master = rank == 0
-    method, step = build_method(cls, args, ds, ckpt, device)
-    get_batch = Batches(ds, args, rank, world, device)
+    method, step = build_method(cls, args, ds, ckpt, device, rank)
+    method.check_batch(args.batch_size, world)  # on every rank: all refuse together, none waits
+    get_batch = Batches(ds, args, rank, world, device, cls.PER_CLASS_BATCH)
     eval_x, eval_y, eval_targets = evaluation_set(ds, device)
     if master:
         log = open_run(folder, cls, method, ds, args, step, ckpt is not None, world, device)
-    bar = tqdm(total=args.steps, initial=step, disable=not master, dynamic_ncols=True)
     interval, timed, timed_steps, first = 0.0, 0.0, 0, step
-    with Signals() as sig:
+    # the bar closes on an error too, so that train.py's error line starts a line of its own
+    with Signals() as sig, tqdm(total=args.steps, initial=step, disable=not master,
+                                dynamic_ncols=True) as bar:
         while step < args.steps:
             t0 = time.perf_counter()
             torch.manual_seed(hash((args.seed, step, rank)) % 2**63)  # all randomness of this step
             values = method.train_step(get_batch(step), step)
             step += 1
-            values, stopping = reduce_values(values, sig.received, world, device, folder, step)
+            values, stopping = reduce_values(values, cls.LOG, sig.received, world, device, folder,
+                                             step)
             dt = time.perf_counter() - t0
             interval += dt
             if step > first + 1:  # the first step of a process pays one-time costs
                 timed, timed_steps = timed + dt, timed_steps + 1
             bar.update(1)
 
-            # rank 0: evaluation, log row, loss curve; everyone: checkpoint + barrier
+            # everyone: what translation needs, the checkpoint's state (compared across ranks),
+            # a barrier; rank 0: evaluation, log row, loss curve, the checkpoint file
             final = step == args.steps or stopping
-            psnr = None  # a signal skips the evaluation: checkpoint first, within the grace period
+            saving = step % args.ckpt_every == 0 or final
+            # a signal skips the evaluation: checkpoint first, within the grace period
+            evaluating = args.sample_every and not stopping and (step % args.sample_every == 0
+                                                                 or final)
+            if evaluating or saving:
+                method.refresh(ds)  # e.g. the autoencoders' class means of their codes now
+            psnr = None
             if master:
                 log.add(values)
-                evaluating = (args.sample_every and not stopping
-                              and (step % args.sample_every == 0 or final))
-                if evaluating or step % args.ckpt_every == 0 or final:
-                    method.refresh(ds)  # e.g. the autoencoders' class means of their codes now
                 if evaluating:
                     psnr = evaluate(method, eval_x, eval_y, eval_targets,
                                     folder / f"samples_{step:07d}.png")
@@ -427,14 +463,15 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
                         tqdm.write(f"step {step}: reconstruction PSNR {psnr:.2f} dB "
                                    "(fixed training images)")
                 if step % args.log_every == 0 or final or evaluating:
-                    n = len(log.pending) * args.batch_size * world
+                    n = len(log.pending) * get_batch.size * world
                     row = log.write(step, n / interval, psnr)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
                                      if k in cls.LOG[:2] and v})
                     interval = 0.0
-            if step % args.ckpt_every == 0 or final:
+            if saving:
+                state = M.checkpoint_state(method)
                 if master:
-                    save(folder, method, ds, step, args)
+                    save(folder, method, state, ds, step, args)
                     if evaluating or final:
                         log.plot()
                 if world > 1:
@@ -447,11 +484,10 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
                     print(f"{signal.Signals(signum).name}: checkpoint at step {step} saved to "
                           f"{folder / 'last.pt'}; continue with --resume")
                 raise SystemExit(128 + signum)
-    bar.close()
     if master:
         peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-        ips = timed_steps * args.batch_size * world / timed if timed else float("nan")
+        ips = timed_steps * get_batch.size * world / timed if timed else float("nan")
         where = "GPU, allocated" if device.type == "cuda" else "CPU, max RSS"
         print(f"done: step {step}, {ips:.1f} images/s (all processes, after the first step), "
               f"peak memory {peak:.0f} MiB ({where}); checkpoint {folder / 'last.pt'}")
@@ -460,7 +496,7 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
 
 def run_all(args, cls):
     """Every run of the command (one, or one per pair), each fresh or resumed."""
-    rank, world, device = setup_processes(args.device)
+    rank, world, device, started = setup_processes(args.device)
     try:  # rank 0 holds the run folder's lock until the end: a second run there is refused
         with files.locked(args.out) if rank == 0 else contextlib.nullcontext():
             ds = load_data(args, cls)
@@ -474,7 +510,7 @@ def run_all(args, cls):
                 last = train(cls, args, subset, folder, ckpt, rank, world, device)
             return last
     finally:
-        if dist.is_initialized():
+        if started:
             dist.destroy_process_group()
 
 

@@ -223,20 +223,21 @@ def joint_scores(D, x, code, fake, z):
     return D(x, code), D(fake, z)
 
 
-def info_nce(query, keys, temperature, negatives=None):
-    """InfoNCE: row i of query must pick row i of keys among all rows and the extra `negatives`
-    (cross-entropy over cosine similarities / temperature). log(batch + negatives) when all
-    similarities are equal."""
+def info_nce(query, keys, temperature, negatives=None, first=0):
+    """InfoNCE: row i of query must pick row first + i of keys among all rows and the extra
+    `negatives` (cross-entropy over cosine similarities / temperature). log(keys + negatives)
+    when all similarities are equal. first: where this process's rows start in keys gathered
+    from every process."""
     q = F.normalize(query, dim=1)
     logits = q @ F.normalize(keys, dim=1).T
     if negatives is not None:
         logits = torch.cat([logits, q @ F.normalize(negatives, dim=1).T], 1)
-    return F.cross_entropy(logits / temperature, torch.arange(len(q), device=q.device))
+    return F.cross_entropy(logits / temperature, first + torch.arange(len(q), device=q.device))
 
 
-def multiscale_info_nce(queries, keys, temperature, negatives):
+def multiscale_info_nce(queries, keys, temperature, negatives, first=0):
     """DC-VAE's multi-scale contrastive loss: the mean of InfoNCE over the scales' embeddings."""
-    return sum(info_nce(q, k, temperature, n)
+    return sum(info_nce(q, k, temperature, n, first)
                for q, k, n in zip(queries, keys, negatives)) / len(queries)
 
 
@@ -279,6 +280,7 @@ class LatentShift(M.Method):
         device = self.means.device
         self.means.copy_(class_means(lambda x: self.encode(x.to(device)), dataset.images,
                                      dataset.labels, self.config.num_classes))
+        M.broadcast_from_rank0([self.means])  # every process computed it; keep them identical
 
     def translate_many(self, x, y_source, targets):
         """Encode once, then decode the shifted code for every target."""
@@ -437,21 +439,25 @@ class DCVAE(Autoencoder):
         momentum copy of D (keys), with the queue of past keys as more negatives (instance level;
         D learns the embedding). Then E and G: fool D with both fake kinds, InfoNCE through D
         frozen, kl_weight x KL, and pixel_weight x the pixel MSE (0 as published: the contrastive
-        term alone ties x' to its own x)."""
+        term alone ties x' to its own x). Under torchrun the keys are every process's (as MoCo
+        gathers them): the same negatives, centres and queue on every rank, the loss that of one
+        process with the global batch."""
         c, x = self.config, batch[0]
         self.E.train(), self.G.train()
         mu, logvar = self.E(x).chunk(2, 1)
         recon = self.G(reparameterise(mu, logvar))
         sample = self.G(torch.randn_like(mu))
+        first = M.rank() * len(x)  # this process's rows among the gathered keys
         with torch.no_grad():
-            keys = self.D_key(x)[1]
+            keys = [M.gather_over_processes(k) for k in self.D_key(x)[1]]
             centres = [k.mean(0) for k in keys]
             keys = [F.normalize(k, dim=1) for k in centred(keys, centres)]
         (real_s, _), (rec_s, rec_e), (smp_s, _) = (self.D(v) for v in (
             x, recon.detach(), sample.detach()))
         d_adv = adversarial_loss("ns", real_s, True) + 0.5 * (
             adversarial_loss("ns", rec_s, False) + adversarial_loss("ns", smp_s, False))
-        d_nce = multiscale_info_nce(centred(rec_e, centres), keys, c.temperature, self.queue)
+        d_nce = multiscale_info_nce(centred(rec_e, centres), keys, c.temperature, self.queue,
+                                    first)
         self.optimizer_d.zero_grad(set_to_none=True)
         (d_adv + c.contrastive_weight * d_nce).backward()
         M.average_gradients(self.D.parameters())
@@ -459,7 +465,8 @@ class DCVAE(Autoencoder):
         self.D.requires_grad_(False)
         (rec_s, rec_e), (smp_s, _) = self.D(recon), self.D(sample)
         g_adv = 0.5 * (adversarial_loss("ns", rec_s, True) + adversarial_loss("ns", smp_s, True))
-        nce = multiscale_info_nce(centred(rec_e, centres), keys, c.temperature, self.queue)
+        nce = multiscale_info_nce(centred(rec_e, centres), keys, c.temperature, self.queue,
+                                  first)
         kl = kl_divergence(mu, logvar).mean()
         with torch.set_grad_enabled(c.pixel_weight > 0):  # logged either way
             mse = (recon - x).square().mean()
@@ -474,13 +481,21 @@ class DCVAE(Autoencoder):
         return {"d_adv": d_adv.item(), "g_adv": g_adv.item(), "nce": nce.item(),
                 "kl": kl.item(), "mse": mse.item(), "lr": c.lr}
 
+    def check_batch(self, batch_size, world):
+        if batch_size * world < 2:
+            raise ValueError("dcvae needs 2 or more images per step (--batch-size x processes): "
+                             "it centres the contrastive keys by their mean, which leaves nothing "
+                             "of a single image's key; raise --batch-size")
+
     def enqueue(self, keys):
-        """Put this batch's keys in place of the oldest ones of the queue (a ring)."""
+        """Put the step's keys (every process's) in place of the oldest ones of the queue (a
+        ring); of more keys than it holds, the last (no slot written twice in one step)."""
         size = self.queue.shape[1]
         if size:
-            at = (self.queue_at + torch.arange(len(keys[0]))) % size
-            self.queue[:, at] = torch.stack(keys).to(self.queue.dtype)
-            self.queue_at.copy_((self.queue_at + len(keys[0])) % size)
+            keys = torch.stack(keys)[:, -size:]
+            at = (self.queue_at + torch.arange(keys.shape[1])) % size
+            self.queue[:, at] = keys.to(self.queue.dtype)
+            self.queue_at.copy_((self.queue_at + keys.shape[1]) % size)
 
     def state_dict(self):
         return {**super().state_dict(), "queue": self.queue.clone(),

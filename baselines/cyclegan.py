@@ -9,6 +9,11 @@ identity loss |G_ab(b) - b|_1 (0.5 lambda) and a pool of 50 earlier fakes for th
 Adam 2e-4, (0.5, 0.999), constant, then linearly to 0 over the second half. Translation to B is
 G_ab, to A is G_ba; reconstruction (Table 2) of an image of A is G_ba(a), which the identity loss
 trains to return a unchanged.
+
+The paper trains on unaligned pairs, one image of A and one of B per step; here a step takes
+--batch-size images of each domain (train.py's per-class draw), so every step of every process
+learns from both. Under torchrun each process keeps its own pools (their random draws differ):
+checkpoints hold every rank's, and a resumed rank takes its own back.
 """
 import copy
 from dataclasses import dataclass
@@ -66,6 +71,8 @@ class CycleGAN(M.Method):
     OPTIONS = {"ema": True}
     LOG = ("d_a", "d_b", "g_adv", "cycle", "identity", "lr")
     TWO_CLASSES = True  # train.py: one run per class pair of --pairs
+    PER_CLASS_BATCH = True  # --batch-size images of A and as many of B in every step
+    PER_RANK = ("pool_a", "pool_b")  # each process's own earlier fakes
 
     def __init__(self, config, device="cpu", **options):
         self.config, self.options = config, self.check_options(options)
@@ -83,8 +90,10 @@ class CycleGAN(M.Method):
         """A generator step on both directions, then a discriminator step on both domains."""
         c, (x, y) = self.config, batch
         a, b = x[y == 0], x[y == 1]
-        if not len(a) or not len(b):  # a batch with one domain only (rare): no update
-            return {}
+        if not len(a) or not len(b):
+            raise ValueError(f"cyclegan learns from images of both classes in every batch, got "
+                             f"{len(a)} of A and {len(b)} of B (train.py draws --batch-size of "
+                             "each)")
         lr = c.lr * M.linear_decay(step, c.steps, c.decay_from)
         nets = (self.G_ab, self.G_ba, self.D_a, self.D_b)
         for net in nets:

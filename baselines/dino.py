@@ -304,14 +304,18 @@ class DINO(M.Method):
         with torch.no_grad():
             torch._foreach_lerp_(list(self.teacher.parameters()), list(self.student.parameters()),
                                  1 - m)  # teacher <- m teacher + (1 - m) student
+            # the ResNet's BatchNorm statistics (per-process batches) averaged, and the centre
+            # from every process's batch: both the same on every rank
+            M.average_buffers([self.student, self.teacher])
             batch_center = M.mean_over_processes(t_logits.mean(0))
             self.center.lerp_(batch_center, 1 - c.center_momentum)
             entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean() / math.log(c.out_dim)
-            # spread of the student's unit-length features: 0 when they collapse to one point;
-            # 1 / sqrt(dim) for isotropic ones
-            spread = F.normalize(features[:B], dim=1).std(0).mean()
-        values = torch.stack([loss.detach(), entropy, spread]).tolist()
-        return {**dict(zip(self.LOG, values)), "lr": lr, "momentum": m, "teacher_temp": temp}
+            # spread of the student's unit-length features over every process's images: 0 when
+            # they collapse to one point, 1 / sqrt(dim) for isotropic ones; none for one image
+            f = M.gather_over_processes(F.normalize(features[:B], dim=1))
+        values = {"loss": loss.item(), "teacher_entropy": entropy.item(), "lr": lr,
+                  "momentum": m, "teacher_temp": temp}
+        return {**values, "feature_std": f.std(0).mean().item()} if len(f) > 1 else values
 
     def clip_gradients(self):
         """DINO clips each parameter tensor's gradient to norm clip_grad on its own."""

@@ -140,6 +140,7 @@ class DSAE(LatentShift, stylegan.StyleGAN2):
         self.G_ema.load_state_dict(decoder["G_ema"])
         self.D.load_state_dict(decoder["D"])
         self.fit_tau()
+        M.broadcast_from_rank0(self.tau.parameters())  # the same fit on every process, bit for bit
         self.refresh(dataset)
 
     @torch.no_grad()

@@ -144,6 +144,8 @@ class ImagePool:
     def query(self, fakes):
         if self.size == 0:
             return fakes
+        if self.images is not None:  # a resumed pool comes from a checkpoint loaded on the CPU
+            self.images = self.images.to(fakes.device)
         out = []
         for f in fakes.detach():
             if self.images is None or len(self.images) < self.size:  # fill the buffer first

@@ -8,14 +8,19 @@ from PIL import Image
 
 
 def fails(main, argv):
-    """A command (a script's main) that must stop at once: exit code 2 and one line on stderr, no
-    traceback; returns that line."""
+    """A command (a script's main) that must stop: exit code 2 and one line "<prog>: error: ..." on
+    stderr, no traceback; returns that line. Progress bars may come first (their redraws start
+    with a carriage return; one left open shows before the error on its line)."""
     err = io.StringIO()
     with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(err):
         main(argv)
-    msg = err.getvalue().strip()
-    assert e.value.code == 2 and "\n" not in msg and "Traceback" not in msg, msg
-    return msg
+    raw = err.getvalue().split("\n")
+    shown = [line.split("\r")[-1].strip() for line in raw]  # what a terminal keeps of each line
+    errors = [line for line in shown if ": error: " in line]
+    others = [s for s, r in zip(shown, raw) if s and ": error: " not in s and "\r" not in r]
+    assert (e.value.code == 2 and len(errors) == 1 and not others
+            and "Traceback" not in err.getvalue()), err.getvalue()
+    return errors[0]
 
 
 def write_images(folder, n=3, size=16, channels=3):

@@ -80,6 +80,9 @@ def test_dcvae_queue_is_a_ring_of_the_latest_keys():
         net.enqueue(keys)
     assert net.queue[0, :, 0].tolist() == [5, 1, 2, 3, 4]  # key 5 overwrote the oldest, key 0
     assert net.queue[1, :, 0].tolist() == [-5, -1, -2, -3, -4] and int(net.queue_at) == 1
+    # more keys in one step than the ring holds (a large global batch): the last 5 of them
+    net.enqueue([torch.arange(10, 17.0)[:, None].repeat(1, 2) * s for s in (1, -1)])
+    assert net.queue[0, :, 0].tolist() == [16, 12, 13, 14, 15] and int(net.queue_at) == 1
 
 
 @pytest.fixture(scope="module")

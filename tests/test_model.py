@@ -104,7 +104,9 @@ def test_channels_last_gives_the_same_output():
         ref = model(x, t, y)
         out = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last),
                                                           t, y)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    # other conv kernels, so other summation orders: float32 noise of 2e-6 of the output's scale
+    # (measured), bounded at 10x that; near-zero outputs get no tighter a bound than large ones
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-5 * ref.abs().max().item())
 
 
 def test_bf16_autocast_stays_close_to_fp32():

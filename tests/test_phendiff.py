@@ -133,10 +133,15 @@ def test_cli_writes_translations(ckpt, tmp_path, capsys):
     assert np.abs(png.transpose(2, 0, 1)
                   - np.load(out / "latrunculin_b_3uM.npy")[1].clip(0, 1)).max() < 1 / 255 + 1e-6
     # deterministic: a second run gives the same numbers; one target alone, the same up to the
-    # rounding of a narrower batch (the targets are sampled together)
+    # rounding of a narrower batch (the targets are sampled together). That rounding is float32
+    # summation-order noise through 10 UNet evaluations, measured at 2e-6 of the values' scale
+    # (raw units: this untrained model's outputs reach ~50), so the bound is relative to that
+    # scale, 10x the noise; a swapped target or a shifted image moves elements by 0.1 to 1 of it
+    def same_up_to_rounding(a, b):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * np.abs(b).max())
+
     for target, out2, check in (("latrunculin_b", tmp_path / "out2", np.testing.assert_array_equal),
-                                ("latrunculin_b_3uM", tmp_path / "out3",
-                                 lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4))):
+                                ("latrunculin_b_3uM", tmp_path / "out3", same_up_to_rounding)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             phendiff.main(["translate", "--ckpt", str(ckpt), "--input", str(inp), "--source",

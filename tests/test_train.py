@@ -1,21 +1,20 @@
-"""train.py end to end on the CPU: DDP agreement, exact resume after SIGKILL, learning, faults."""
+"""train.py end to end on the CPU: exact resume after SIGKILL, learning, faults (several processes:
+test_torchrun.py)."""
+import argparse
 import csv
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import data
 import ddim
 import method as M
-import phendiff
 import train
 from tests.helpers import fails
 from method import load_checkpoint
@@ -40,39 +39,6 @@ def one_thread():
 
 def weights_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _ddp_worker(rank, port, argv, folder):
-    """One torchrun-like rank: the env vars torchrun sets, then train.main; saves what DDP
-    trained."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    trained = []
-
-    class SpyDDP(phendiff.DDP):
-        def __init__(self, module, **kw):
-            super().__init__(module, **kw)
-            trained.append(module)
-
-    phendiff.DDP = SpyDDP
-    train.main(argv)
-    torch.save(trained[0].state_dict(), os.path.join(folder, f"rank{rank}.pt"))
-
-
-def test_two_process_ddp_ranks_agree(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "run"
-    argv = SMALL + SYNTH + ["--steps", "3", "--p-uncond", "0.5", "--out", str(out)]
-    mp.spawn(_ddp_worker, args=(port, argv, str(tmp_path)), nprocs=2)
-    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert weights_equal(w0, w1)
-    ckpt = torch.load(out / "last.pt", weights_only=True)
-    assert ckpt["step"] == 3 and weights_equal(ckpt["state"]["model"], w0)
-    # the EMA lags the trained weights
-    assert not weights_equal(ckpt["state"]["model"], ckpt["state"]["ema"])
 
 
 KILLED = """
@@ -161,6 +127,38 @@ def test_fits_two_classes_and_generates_by_class(tmp_path):
                  - x.mean((0, 2, 3)))
         red_to_blue = ckpt["classes"][target] == "blue"
         assert (moved[2] - moved[0] > 0.5) if red_to_blue else (moved[0] - moved[2] > 0.5), moved
+
+
+def test_per_class_batches_hold_every_class_and_depend_on_the_step_alone():
+    """CycleGAN's draw: --batch-size images of each class on each rank, no image on two ranks in
+    one step, and step s gives the same batch whatever came before (resume needs no loader
+    state); a class too small for it is refused by name."""
+    labels = torch.tensor([0] * 6 + [1] * 10)
+    ds = data.ImageDataset(torch.arange(16.0).view(16, 1, 1, 1), labels, ["A", "B"], ["c"],
+                           {"low": [0.0], "high": [1.0]})
+    args = argparse.Namespace(seed=0, batch_size=2, no_augment=True)
+    ranks = [train.Batches(ds, args, r, 2, torch.device("cpu"), per_class=True) for r in (0, 1)]
+    seen = set()
+    for step in range(6):  # class A: one batch per epoch and rank, B: two; each its own epochs
+        (x0, y0), (x1, y1) = (get(step) for get in ranks)
+        assert y0.tolist() == y1.tolist() == [0, 0, 1, 1]
+        assert not set(x0.flatten().tolist()) & set(x1.flatten().tolist())
+        seen |= set(x0.flatten().tolist()) | set(x1.flatten().tolist())
+    assert seen == set(range(16))  # reshuffled every epoch: no image of either class left out
+    fresh = train.Batches(ds, args, 1, 2, torch.device("cpu"), per_class=True)
+    assert torch.equal(fresh(5)[0], ranks[1](5)[0])
+    args.batch_size = 4
+    with pytest.raises(ValueError, match="class A has 6 images, which do not fill one batch of "
+                                         "4 x 2 processes: lower --batch-size"):
+        train.Batches(ds, args, 0, 2, torch.device("cpu"), per_class=True)
+
+
+def test_logged_values_follow_the_log_and_foreign_names_are_a_bug(tmp_path):
+    values, stopping = train.reduce_values({"b": 2.0}, ("a", "b"), 0, 1, "cpu", tmp_path, 1)
+    assert values == {"b": 2.0} and not stopping  # "a" not returned at this step: no value
+    with pytest.raises(AssertionError, match=r"returned \['c'\], which are not in the method's "
+                                             "LOG"):
+        train.reduce_values({"a": 1.0, "c": 3.0}, ("a", "b"), 0, 1, "cpu", tmp_path, 1)
 
 
 def test_refuses_reused_out_and_bad_arguments(tmp_path):
