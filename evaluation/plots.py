@@ -244,9 +244,9 @@ def f1_against_reconstruction(points, trivial, path, task="classes"):
     fig = Figure(figsize=(7.5, 3.8))
     ax = fig.subplots()
     methods = {k: v for k, v in points.items() if v[2] is not None}
-    for i, (name, (f1, _, mse)) in enumerate(methods.items()):
+    for i, (name, (f1, _, mse, _)) in enumerate(methods.items()):
         ax.scatter([max(mse, 1e-6)], [f1], s=30, color=f"C{i % 10}", label=name, zorder=3)
-    for name, (f1, _, mse) in points.items():
+    for name, (f1, _, mse, _) in points.items():
         if mse is None and not name.endswith("random weights"):
             ax.axhline(f1, color="0.5", lw=0.8, ls=":")
             ax.annotate(name, (0.01, f1), xycoords=("axes fraction", "data"), fontsize=6,
@@ -351,4 +351,33 @@ def series_differences(x, names, y, path, title):
                   vmax=lim)
     fig.suptitle(f"{title}\n(below each: translated - input, mean over channels, red = brighter, "
                  f"±{lim:.2f})", fontsize=7)
+    return _save(fig, path, dpi=80)
+
+
+def gap_closed(rows, path, min_gap=(0.5, 0.05)):
+    """Each method between its floor (`identity`, doing nothing) and its ceiling (`ceiling`, the
+    paired regressor), by dose: the share of the gap it closes, in PSNR to the truth and in
+    feature distance to the truth (0: no better than doing nothing, 1: as good as the regressor).
+    Doses where floor and ceiling differ by less than min_gap (dB, feature distance) are left out.
+    rows: [method, target, µM, psnr_own, _, _, feature_dist_own, ...]."""
+    by = {(r[0], r[2]): r for r in rows}
+    doses = sorted({r[2] for r in rows})
+    fig = Figure(figsize=(9, 3.4))
+    axes = fig.subplots(1, 2)
+    methods = [m for m in dict.fromkeys(r[0] for r in rows) if m not in ("identity", "ceiling")]
+    for ax, col, sign, gap in zip(axes, (3, 6), (1, -1), min_gap):
+        for i, m in enumerate(methods):
+            pts = [(c, (by[m, c][col] - by["identity", c][col])
+                    / (by["ceiling", c][col] - by["identity", c][col])) for c in doses
+                   if sign * (by["ceiling", c][col] - by["identity", c][col]) > gap]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=m, color=f"C{i % 10}")
+        ax.axhline(0, color="k", ls="--", lw=1)
+        ax.axhline(1, color="k", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("target concentration (µM)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("share of the gap closed, PSNR", fontsize=8)
+    axes[1].set_ylabel("share of the gap closed, feature distance", fontsize=8)
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path, dpi=100)

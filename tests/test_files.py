@@ -79,7 +79,8 @@ MAY_IMPORT = {
     "ddim": set(), "model": set(), "files": set(), "method": set(),  # the ground floor
     "benchmark": set(), "data": {"files", "benchmark"},
     "baselines": {"method", "files", "data", "baselines"},
-    "evaluation": {"ddim", "files", "method", "data", "benchmark", "baselines", "evaluation"},
+    "evaluation": {"ddim", "model", "files", "method", "data", "benchmark", "baselines",
+                   "evaluation"},
     # the method first, its command line after: read, draw and report through the floors below
     "phendiff": {"ddim", "files", "method", "model", "data", "evaluation"},
     "train": {"files", "method", "data", "evaluation"},
