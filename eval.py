@@ -133,6 +133,9 @@ def represent_arguments(s):
     files.add_flags(s, data="synthetic")
     s.add_argument("--train-data", help="train the probes on these images and test them on --data "
                                         "(whole held-out sites: a site-disjoint probe)")
+    s.add_argument("--perceptual", help="a domain encoder (eval.py reproduce's --work/"
+                                        "domain_encoder.pt): reconstructions also by the distance "
+                                        "of its features, a stand-in for the paper's VGG")
     s.add_argument("--n-per-class", type=files.integer(2), default=40,
                    help="synthetic images per class (%(default)s)")
     s.add_argument("--compounds", nargs="+", help="keep DMSO and these compounds (default: all)")

@@ -302,7 +302,8 @@ FLAGS = {
     "overwrite": dict(action="store_true", help="replace earlier outputs in --out"),
     "seed": dict(type=int, help="random seed"),
     "device": dict(type=device, help="cpu, cuda, cuda:N or auto (cuda when a GPU is visible)"),
-    "batch_size": dict(type=integer(1), help="images per batch"),
+    "batch_size": dict(type=integer(1), help="images per batch (train.py: per process and step; "
+                                             "cyclegan: of each of its two classes)"),
     "workers": dict(type=integer(1), help="processes for cell features"),
     "ddim_steps": dict(type=integer(1), help="phendiff: DDIM steps each way"),
     "fixed_point_iters": dict(type=integer(0),

@@ -52,9 +52,7 @@ def common_flags(p):
     a("--method", default="phendiff", choices=list(M.METHODS), help="what to train (%(default)s)")
     a("--preset", default="cpu", help="size of the method: tiny | cpu | paper, phendiff also small "
                                       "(%(default)s); a method flag below overrides one field")
-    # data: --data takes the same sources as every command line (data.load_dataset)
-    a("--data", default="synthetic", help="synthetic (default), synthetic-golgi, class folder, "
-                                          ".npz, BBBC021 root")
+    files.add_flags(p, data="synthetic")  # the sources every command line takes
     a("--kind", default="bbbc021", choices=["bbbc021", "golgi"],
       help="synthetic generator (%(default)s)")
     a("--compounds", type=comma_list(str), help="keep DMSO + these compounds, e.g. latrunculin_b")
@@ -68,13 +66,10 @@ def common_flags(p):
                                           "each: A:B,A:C or A:all (%(default)s)")
     # optimisation and system
     a("--steps", type=files.integer(1), default=2000, help="optimizer steps in total (%(default)s)")
-    a("--batch-size", type=files.integer(1), default=32,
-      help="images per process per step; cyclegan: of each of its two classes (%(default)s)")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda"],
-      help="(%(default)s: cuda if any)")
-    a("--seed", type=int, default=0, help="data, initial weights, noise (%(default)s)")
-    # output
-    a("--out", required=True, help="run folder (must be new or empty unless --resume)")
+    files.add_flags(p, batch_size=32, device="auto", seed=0, out=files.REQUIRED)
+    a("--precision", default="auto", choices=M.PRECISIONS,
+      help="auto (%(default)s): bf16 autocast on GPUs and on CPUs with bf16 instructions for the "
+           "methods that gain from it (docs/training.md), fp32 elsewhere; fp32 | bf16 to choose")
     a("--resume", action="store_true", help="continue from OUT/last.pt; flags given now override")
     a("--ckpt-every", type=files.integer(1), default=500,
       help="steps between checkpoints (%(default)s)")
@@ -146,7 +141,8 @@ def parse_args(argv):
     common_flags(parser)
     method_flags(parser, cls)
     if ckpt:
-        parser.set_defaults(**{**ckpt["args"], "resume": False})
+        # the saved flags, but the device of this machine (a GPU run may resume on a CPU)
+        parser.set_defaults(**{**ckpt["args"], "resume": False, "device": "auto"})
     args = parser.parse_args(argv)
     if ckpt and args.method != ckpt["method"]:
         raise ValueError(f"--resume: {args.out} is a {ckpt['method']} run, not {args.method}")
@@ -159,8 +155,7 @@ def parse_args(argv):
     if ckpt is None:  # the method's flags, checked now rather than after loading the data
         size = {"image_size": args.image_size} if args.image_size else {}
         cls.Config.preset(args.preset, **size, **given_config(cls, args))
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible")
+    M.Precision(args.precision, args.device, cls.PRECISIONS, cls.name)  # refused before the data
     return args, cls
 
 # -----------------------------------------------------------------------------
@@ -173,8 +168,8 @@ def setup_processes(device_flag):
     ddp = "RANK" in os.environ  # set by torchrun
     rank, local_rank, world = (int(os.environ.get(k, 0))
                                for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    cuda = device_flag == "cuda" or (device_flag == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    cuda = torch.device(device_flag).type == "cuda"  # files.device: auto is resolved already
+    device = torch.device(f"cuda:{local_rank}" if ddp and cuda else device_flag)
     if cuda:  # GPU speed defaults: TF32 matmuls, cuDNN picks the fastest convolution once
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -269,6 +264,8 @@ def build_method(cls, args, ds, ckpt, device, rank):
         config = cls.Config(**{**ckpt["config"], **flags})
     options = {**cls.EVAL_OPTIONS,
                **({"ddim_steps": args.ddim_steps} if "ddim_steps" in cls.OPTIONS else {})}
+    if "precision" in cls.OPTIONS:  # PhenDiff: its evaluation translations too
+        options["precision"] = args.precision
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     method = cls(config, device, **options)
     if ckpt is None:
@@ -380,7 +377,7 @@ class Signals:
                 signal.signal(s, handler)
 
 
-def open_run(folder, cls, method, ds, args, step, resumed, world, device):
+def open_run(folder, cls, method, ds, args, step, resumed, world, device, precision):
     """Rank 0: the run folder, cleared of the temp files of a save that a kill interrupted (this
     process holds the folder's lock), its log, and one line about the run."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -388,7 +385,7 @@ def open_run(folder, cls, method, ds, args, step, resumed, world, device):
         tmp.unlink()
     print(f"{folder}: {cls.name} ({args.preset} preset, {M.count_parameters(method) / 1e6:.2f}M "
           f"parameters) | {len(ds)} images, {len(ds.classes)} classes, "
-          f"{'x'.join(map(str, ds.images.shape[1:]))} | {device} | global batch "
+          f"{'x'.join(map(str, ds.images.shape[1:]))} | {device}, {precision} | global batch "
           f"{args.batch_size}{' per class' * cls.PER_CLASS_BATCH} x {world} | at step {step} "
           f"of {args.steps}")
     return Log(folder, cls.LOG, step, resumed)
@@ -422,11 +419,13 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
     """Train (or continue) one run in `folder`; returns the path of its last checkpoint."""
     master = rank == 0
     method, step = build_method(cls, args, ds, ckpt, device, rank)
+    precision = M.Precision(args.precision, device, cls.PRECISIONS, cls.name)  # of every step
     method.check_batch(args.batch_size, world)  # on every rank: all refuse together, none waits
     get_batch = Batches(ds, args, rank, world, device, cls.PER_CLASS_BATCH)
     eval_x, eval_y, eval_targets = evaluation_set(ds, device)
     if master:
-        log = open_run(folder, cls, method, ds, args, step, ckpt is not None, world, device)
+        log = open_run(folder, cls, method, ds, args, step, ckpt is not None, world, device,
+                       precision)
     interval, timed, timed_steps, first = 0.0, 0.0, 0, step
     # the bar closes on an error too, so that train.py's error line starts a line of its own
     with Signals() as sig, tqdm(total=args.steps, initial=step, disable=not master,
@@ -434,7 +433,9 @@ def train(cls, args, ds, folder, ckpt, rank, world, device):
         while step < args.steps:
             t0 = time.perf_counter()
             torch.manual_seed(hash((args.seed, step, rank)) % 2**63)  # all randomness of this step
-            values = method.train_step(get_batch(step), step)
+            batch = get_batch(step)
+            with precision.autocast():  # bf16 where the method gains from it (--precision)
+                values = method.train_step(batch, step)
             step += 1
             values, stopping = reduce_values(values, cls.LOG, sig.received, world, device, folder,
                                              step)

@@ -14,6 +14,7 @@ from scipy import stats
 import data
 import files
 import method as M
+from baselines import encoders
 from evaluation import plots, report
 from evaluation import representation as R
 from evaluation.features import cell_features, feature_table, finite_mean
@@ -212,20 +213,25 @@ def cmd_ttest(a):
 
 
 def cmd_represent(a):
+    perceptual = None
+    if a.perceptual:  # a domain encoder (the reproduction's --work/domain_encoder.pt)
+        net = encoders.load_domain_encoder(a.perceptual, a.device)
+        perceptual = (lambda x: net((x + 1) / 2), f"the domain encoder {a.perceptual}")
     represent(a.ckpt, a.out, a.data, a.device, a.overwrite, a.n_per_class, a.seed, a.compounds,
-              a.control, a.fit, a.every, a.block, a.batch_size, a.train_data,
+              a.control, a.fit, a.every, a.block, a.batch_size, a.train_data, perceptual,
               command=f"python eval.py {' '.join(a.argv)}")
 
 
 def represent(paths, out, data_source, device="cpu", overwrite=False, n_per_class=40, seed=0,
               compounds=None, control="DMSO", fit=None, every=5, block=None, batch_size=64,
-              train_source=None, command=None):
+              train_source=None, perceptual=None, command=None):
     """DSAE's representation quality: 1-NN and linear-probe F1 of encoders' features against the
     floors (channel statistics, pixels, random weights), a table and a PCA map; for methods that
     decode, reconstructions (F1 against reconstruction: the paper's Fig. 2) and decoded paths.
     With train_source the probes train on those images and are tested on data_source (whole
     held-out sites: no site on both sides); without, on blocks of data_source (`every`, `block`).
-    The reproduction calls it on its held-out data."""
+    perceptual: (encode, its name), the network whose features measure the reconstructions beside
+    pixels. The reproduction calls it on its held-out data with its domain encoder."""
     loaded = [M.load_method(p, device) for p in paths]
     runs = [Path(p).name if Path(p).is_dir() else Path(p).stem for p in paths]
     runs = [r if runs.count(r) == 1 else f"{i + 1}_{r}" for i, r in enumerate(runs)]
@@ -278,22 +284,26 @@ def represent(paths, out, data_source, device="cpu", overwrite=False, n_per_clas
     if test is None:
         test = torch.as_tensor(R.split(ds.labels.numpy(), every, block))
     x = ds.images[test]
-    trivial = reconstruction_error(x, ds.images[~test].mean(0).expand_as(x))["mse"].mean()
+    mean_image = ds.images[~test].mean(0).expand_as(x)
+    feel = lambda rec: (R.perceptual_distance(perceptual[0], x, rec, batch_size, device)  # noqa
+                        if perceptual else None)
+    trivial = (reconstruction_error(x, mean_image)["mse"].mean(),
+               None if perceptual is None else float(feel(mean_image).mean()))
     recon = {}
     for i, name in pngs.items():  # DSAE, the autoencoders: reconstructions, decoded paths
         net, f = loaded[i][0], raw[names[i]]  # the features represent() encoded
         with torch.no_grad():
             rec = torch.cat([net.decode(fb.float().to(device)).cpu()
                              for fb in torch.from_numpy(f[test.numpy()]).split(batch_size)])
-        recon[names[i]] = reconstruction_error(x, rec)["mse"]
+        recon[names[i]] = (reconstruction_error(x, rec)["mse"], feel(rec))
         paths_, strips = R.interpolation(net.decode, f, ds, control, batch_size=batch_size,
                                          device=device)
         plots.image_grid(torch.cat(list(strips.values())), 4 * len(strips), folder / name)
         lines += R.interpolation_report(paths_, f"{name}, {paths[i]}", control)
     if recon:
         points = R.fig2_points(rows, recon)
-        lines += R.fig2_report(points, trivial)
-        plots.f1_against_reconstruction(points, trivial, folder / "fig2.png")
+        lines += R.fig2_report(points, trivial, perceptual and perceptual[1])
+        plots.f1_against_reconstruction(points, trivial[0], folder / "fig2.png")
     report.write(folder / "representation.md", "Representation quality of encoders",
                  command or f"eval.py represent --ckpt {' '.join(map(str, paths))}", seed, lines)
     files.write_csv(folder / "representation.csv", R.COLUMNS, R.csv_rows(rows))

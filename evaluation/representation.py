@@ -353,31 +353,47 @@ def report(rows, about):
 
 
 def fig2_points(rows, recon, task="classes"):
-    """The DSAE paper's Fig. 2 as points: {name: (linear F1, 1-NN F1, reconstruction MSE or None)}
-    for every feature set of `rows` on `task`; recon {name: (N,) per-image MSE} for the sets that
-    reconstruct (the floors and random weights do not)."""
+    """The DSAE paper's Fig. 2 as points: {name: (linear F1, 1-NN F1, reconstruction MSE or None,
+    perceptual distance or None)} for every feature set of `rows` on `task`; recon {name: ((N,)
+    per-image MSE, (N,) perceptual distances or None)} for the sets that reconstruct (the floors
+    and random weights do not)."""
+    mean = lambda v: None if v is None else float(np.mean(v))  # noqa: E731
     return {r["features"]: (r["linear_f1"], r["knn_f1"],
-                            float(np.mean(recon[r["features"]])) if r["features"] in recon
-                            else None) for r in rows if r["task"] == task}
+                            *(map(mean, recon[r["features"]]) if r["features"] in recon
+                              else (None, None))) for r in rows if r["task"] == task}
+
+
+def perceptual_distance(encode, x, rec, batch_size=64, device="cpu"):
+    """1 - cosine similarity of the features of each image and its reconstruction, per image:
+    the DSAE paper measures reconstruction by a perceptual (VGG) distance; no VGG weights are
+    here, so a network of this project stands in for it (the reproduction's domain encoder)."""
+    fx, fr = (F.normalize(torch.as_tensor(encode_all(encode, v, batch_size, device)), dim=1)
+              for v in (x, rec))
+    return (1 - (fx * fr).sum(1)).numpy()
 
 
 def psnr(mse):
     return -10 * math.log10(max(mse, 1e-12))
 
 
-def fig2_report(points, trivial):
-    """The lines of fig2_points; trivial: the MSE of predicting the mean training image."""
-    rows = [[name, f"{lin:.3f}", f"{knn:.3f}", *((f"{mse:.4f}", f"{psnr(mse):.1f}")
-                                                 if mse is not None else ("-", "-"))]
-            for name, (lin, knn, mse) in points.items()]
-    rows.append(["mean training image (trivial reconstruction)", "-", "-", f"{trivial:.4f}",
-                 f"{psnr(trivial):.1f}"])
+def fig2_report(points, trivial, perceptual_name=None):
+    """The lines of fig2_points; trivial: (MSE, perceptual distance or None) of predicting the
+    mean training image; perceptual_name: the network whose features measure it."""
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    rows = [[name, f"{lin:.3f}", f"{knn:.3f}", fmt(mse, ".4f"),
+             fmt(None if mse is None else psnr(mse), ".1f"), fmt(per, ".4f")]
+            for name, (lin, knn, mse, per) in points.items()]
+    rows.append(["mean training image (trivial reconstruction)", "-", "-", f"{trivial[0]:.4f}",
+                 f"{psnr(trivial[0]):.1f}", fmt(trivial[1], ".4f")])
     return ["", "## F1 against reconstruction (the DSAE paper's Fig. 2)", "",
-            *md_table(["features", "linear F1", "1-NN F1", "reconstruction MSE", "PSNR (dB)"],
-                      rows),
+            *md_table(["features", "linear F1", "1-NN F1", "reconstruction MSE", "PSNR (dB)",
+                       "perceptual distance"], rows),
             "", "Reconstruction: decode(encode(x)) of the held-out images, MSE on [0, 1] "
             "intensities, averaged over images; the trivial reconstruction predicts every image by "
-            "the per-pixel mean of the training images."]
+            "the per-pixel mean of the training images. Perceptual distance: the paper's axis is a "
+            "VGG distance, and no VGG weights are here; 1 − cosine similarity of the features of "
+            "image and reconstruction in "
+            + (perceptual_name or "no network (give `--perceptual`)") + " stands in for it."]
 
 # -----------------------------------------------------------------------------
 # latent interpolation: the geometry, and the score of a decoded path

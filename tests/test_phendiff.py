@@ -203,32 +203,24 @@ def test_export_drops_optimizer_state(ckpt, tmp_path):
 
 
 def test_demo_micro_writes_every_artefact(tmp_path):
-    """The demo end to end at a micro setting: a 2-step model trained by the recorded command."""
+    """The demo end to end at a micro setting: a 1-step model of DMSO + Latrunculin B trained by
+    the recorded command, judged on its own classes only (the README's 9-class check)."""
     out = tmp_path / "demo"
-    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--ddim-steps", "3",
+    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--ddim-steps", "2",
                    "--n-recon", "2", "--workers", "1", "--train-args",
-                   "--steps 2 --n-per-class 2 --base-channels 16 --sample-every 0 --log-every 1"])
+                   "--steps 1 --n-per-class 4 --base-channels 16 --sample-every 0 --log-every 1 "
+                   "--compounds latrunculin_b"])
     assert (out / "train" / "last.pt").exists()
     for name in ("dose_series.png", "translation.png", "dose_response.png",
                  "fig4_correlations.png"):
         assert (out / name).stat().st_size > 1000, name
     report = (out / "report.md").read_text()
     for needle in ("Latrunculin B", "Spearman", "median Pearson r", "plain eq. 6",
-                   "exact (5 fixed-point", "![](dose_series.png)", "PSNR to the own truth"):
+                   "exact (5 fixed-point", "![](dose_series.png)", "PSNR to the own truth",
+                   "Command: `python phendiff.py demo"):
         assert needle in report, needle
-    # both targets judged, whatever the verdict
+    # both targets judged, whatever the verdict; only the model's own classes
     assert len(re.findall(r"\| (PASS|FAIL) \|", report)) == 2
-
-
-def test_demo_takes_a_model_of_some_compounds(tmp_path):
-    """A model trained on DMSO + Latrunculin B only is judged on its own classes (the README's
-    9-class check)."""
-    out = tmp_path / "demo9"
-    phendiff.main(["demo", "--out", str(out), "--train", "--n", "3", "--ddim-steps", "2",
-                   "--n-recon", "2", "--workers", "1", "--train-args",
-                   "--steps 1 --n-per-class 4 --base-channels 16 "
-                   "--sample-every 0 --compounds latrunculin_b"])
-    report = (out / "report.md").read_text()
     assert ("| latrunculin_b | 8 |" in report and "nocodazole" not in report
             and "herbimycin" not in report)
 
