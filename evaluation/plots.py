@@ -348,7 +348,7 @@ def series_differences(x, names, y, path, title):
             _show(axes[2 * i, j + 1], files.to_uint8(y[j, i]))
             axes[2 * i, j + 1].set_title(name, fontsize=7)
             _show(axes[2 * i + 1, j + 1], diffs[j, i].cpu().numpy(), cmap="seismic", vmin=-lim,
-                  vmax=lim)
+                  vmax=lim, interpolation="nearest")
     fig.suptitle(f"{title}\n(below each: translated - input, mean over channels, red = brighter, "
                  f"±{lim:.2f})", fontsize=7)
     return _save(fig, path, dpi=80)
