@@ -15,6 +15,8 @@ A method (PhenDiff in phendiff.py, the baselines in baselines/) is a small class
                                          per process and step (CycleGAN: unaligned A, B pairs)
     PER_RANK                             state_dict entries that are each process's own (CycleGAN's
                                          image pools): saved for every rank, each rank's restored
+    PRECISIONS                           what train.py --precision may train it in, auto's first:
+                                         ("fp32",), or ("bf16", "fp32") where bf16 gains
     __init__(config, device, **options)
     start(dataset)                            a new run's first look at its training data (DSAE:
                                               load its trained parts, class means of features)
@@ -35,11 +37,13 @@ A method (PhenDiff in phendiff.py, the baselines in baselines/) is a small class
 copy of the infrastructure (DDP, checkpoints, resume, logs, translation, scoring) serves every
 method. Labels are class indices, an int or a LongTensor (B,).
 """
+import contextlib
 import dataclasses
 import importlib
 import math
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -60,7 +64,7 @@ METHODS = {"phendiff": ("phendiff", "PhenDiff"),
            "vae": ("baselines.autoencoders", "VAE"),
            "bigan": ("baselines.autoencoders", "BiGAN"),
            "alae": ("baselines.alae", "ALAE"),
-           "dcvae": ("baselines.autoencoders", "DCVAE")}
+           "dcvae": ("baselines.dcvae", "DCVAE")}
 
 
 def method_class(name):
@@ -85,6 +89,9 @@ class Method:
     TRANSLATES = True  # False: an encoder (DINO) or a decoder (GANformer), parts of another method
     PER_CLASS_BATCH = False  # True: a step's batch holds --batch-size images of each class
     PER_RANK = ()  # state_dict entries that differ between processes by design (image pools)
+    # what train.py --precision may train in, auto's choice first (bf16 where the hardware has it;
+    # docs/training.md measured each method's gain); train.py runs train_step under its autocast
+    PRECISIONS = ("fp32",)
 
     def start(self, dataset):
         pass
@@ -337,6 +344,77 @@ def linear_decay(step, steps, decay_from):
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+# -----------------------------------------------------------------------------
+# precision: bf16 autocast where the hardware runs it fast, fp32 elsewhere and on request
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_bf16_flags():
+    """The processor's bf16 instructions (/proc/cpuinfo: avx512_bf16, amx_bf16), with which oneDNN
+    runs bf16 convolutions ~1.6x faster than fp32; without them it emulates bf16, slower than fp32
+    (an older CPU here measured 3x slower). Empty off Linux: not detected, so fp32."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return sorted(set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", text)))
+
+
+class Precision:
+    """Whether a method's networks run under bf16 autocast, and why (str() says both). Weights,
+    optimizer states and the DDIM arithmetic stay float32/64; autocast runs convolutions and matrix
+    products in bf16, what follows them takes their bf16 outputs. `choice`: auto | fp32 | bf16;
+    `offered`: the method's PRECISIONS, auto taking the first, bf16 only where the hardware runs
+    it fast (a GPU with bf16, a CPU with bf16 instructions)."""
+
+    def __init__(self, choice, device, offered=("fp32",), method="this method"):
+        if choice not in PRECISIONS:
+            raise ValueError(f"unknown precision {choice!r}; choose {', '.join(PRECISIONS)}")
+        if choice != "auto" and choice not in offered:
+            raise ValueError(f"--precision {choice}: {method} trains in {' or '.join(offered)} "
+                             "only (docs/training.md); use --precision auto")
+        self.device = torch.device(device)
+        cuda, flags = self.device.type == "cuda", cpu_bf16_flags()
+        fast = torch.cuda.is_bf16_supported() if cuda else self.device.type == "cpu" and flags
+        hardware = (f"this GPU {'has' if fast else 'lacks'} bf16" if cuda else
+                    f"this CPU has {'+'.join(flags)}" if fast else
+                    f"no bf16 instructions on this {self.device.type}")
+        if choice == "auto":
+            bf16 = offered[0] == "bf16" and bool(fast)
+            why = (f"auto: {hardware}" if offered[0] == "bf16" else
+                   f"auto: {method} trains in fp32 (docs/training.md)")
+        else:
+            bf16 = choice == "bf16"
+            why = "requested" + (f"; {hardware}: expect it slower" if bf16 and not fast else "")
+        self.dtype, self.why = torch.bfloat16 if bf16 else None, why
+
+    def __str__(self):
+        return f"{'bf16 autocast' if self.dtype else 'fp32'} ({self.why})"
+
+    def autocast(self):
+        """A context that runs its forward passes in this precision (nothing for fp32)."""
+        return (torch.autocast(self.device.type, self.dtype) if self.dtype
+                else contextlib.nullcontext())
+
+    def wrap(self, net):
+        """net itself for fp32; otherwise a callable that runs it under autocast and returns its
+        output as float32, so that what is computed from it (eq. 5, eq. 6) stays float32."""
+        return Autocast(net, self) if self.dtype else net
+
+
+class Autocast:
+    """A net run under a Precision's autocast, its output cast to float32. `module` (as a DDP
+    wrapper's) and `null_label` are the net's, so ddim.prediction and guidance see through it."""
+
+    def __init__(self, net, precision):
+        self.module, self.precision = net, precision
+        self.null_label = getattr(net, "null_label", None)
+
+    def __call__(self, *args):
+        with self.precision.autocast():
+            return self.module(*args).float()
 
 # -----------------------------------------------------------------------------
 # checkpoints: one dict that loads with torch.load(weights_only=True)

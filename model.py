@@ -118,7 +118,12 @@ class ResBlock(nn.Module):
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # 2 x (B, out_ch, 1, 1)
-        h = self.norm2(h) * (1 + scale) + shift
+        # norm2(h) * (1 + scale) + shift, with norm2's affine folded into the per-(B, C) factors:
+        # one pass over h after the normalisation instead of two
+        n = self.norm2
+        factor = n.weight[:, None, None] * (1 + scale)
+        h = torch.addcmul(n.bias[:, None, None] * (1 + scale) + shift, F.group_norm(
+            h, n.num_groups, eps=n.eps), factor)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -175,7 +180,13 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if x.is_cuda or x.is_contiguous(memory_format=torch.channels_last):
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        # the CPU's nearest kernel is ~2x faster on channels_last, round trip included
+        # (forward + backward of 16x64x32x32: 108 -> 57 ms)
+        up = F.interpolate(x.contiguous(memory_format=torch.channels_last), scale_factor=2.0,
+                           mode="nearest")
+        return self.conv(up.contiguous())
 
 
 class Level(nn.Module):

@@ -16,6 +16,7 @@ import torch
 
 import data
 import files
+import method as M
 from evaluation import plots, report
 from evaluation import scores as S
 from evaluation.stats import spearman
@@ -53,6 +54,9 @@ def add_arguments(p):
                    help="images for the reconstruction error")
     files.add_flags(p, ddim_steps=50, fixed_point_iters=5, projection=None, projection_steps=None,
                     batch_size=64, workers=2, device="auto")
+    p.add_argument("--precision", choices=M.PRECISIONS,
+                   help="phendiff: the network in bf16 autocast or fp32 (default auto: bf16 where "
+                        "the processor has bf16 instructions)")
 
 
 def median(values):
@@ -80,7 +84,7 @@ def run(args):
     # PhenDiff with plain and exact inversion for the reconstruction table; the plain one translates
     ckpt, variants = S.load_variants(ckpt_path, args.device, args.ddim_steps,
                                      args.fixed_point_iters, args.projection,
-                                     args.projection_steps)
+                                     args.projection_steps, args.precision)
     net, method = next(iter(variants.values())), ckpt["method"]
     classes, size = ckpt["classes"], ckpt["config"]["image_size"]
     print(f"{method} {ckpt_path} ({len(classes)} classes, {size}x{size}, step {ckpt.get('step')})")

@@ -50,20 +50,21 @@ def fid(images1, images2, encoder, batch_size=16, device="cpu"):
 
 
 def load_variants(path, device, ddim_steps, fixed_point_iters, projection=None,
-                  projection_steps=None):
+                  projection_steps=None, precision=None):
     """(checkpoint, {name: method}) for Table 2: PhenDiff with plain (eq. 6) and exact inversion,
     a StyleGAN with its projection (W or W+), any other method (or a folder of CycleGAN pair runs)
-    as it is."""
+    as it is. precision: PhenDiff's option (None: its default)."""
     path = M.checkpoint_path(path)
+    given = {"precision": precision} if precision else {}
     if path.is_file():
         ckpt = M.load_checkpoint(path)
         if ckpt["method"] == "phendiff":
             build = lambda k: M.build(ckpt, device, ddim_steps=ddim_steps,  # noqa: E731
-                                      fixed_point_iters=k)
+                                      fixed_point_iters=k, **given)
             return ckpt, {"plain eq. 6": build(0),
                           f"exact ({fixed_point_iters} fixed-point iters)":
                               build(fixed_point_iters)}
-    options = dict(projection=projection, projection_steps=projection_steps)
+    options = dict(projection=projection, projection_steps=projection_steps, **given)
     options = {k: v for k, v in options.items() if v is not None}
     net, ckpt = M.load_translator(path, device, **options)
     return ckpt, {"translate to the own class": net}

@@ -74,7 +74,7 @@ def test_class_folders_order_and_skips(tmp_path):
 
 # The house (README "Layout"): who may import whom. Entry scripts on top, libraries below, no import
 # circle, lazy imports included. A module maps to its folder's rule when it has none of its own.
-ENTRY = {"phendiff", "train", "eval", "tools.prepare"}
+ENTRY = {"phendiff", "train", "eval", "tools.prepare", "tools.gpu_bench"}
 MAY_IMPORT = {
     "ddim": set(), "model": set(), "files": set(), "method": set(),  # the ground floor
     "benchmark": set(), "data": {"files", "benchmark"},
@@ -86,6 +86,9 @@ MAY_IMPORT = {
     "train": {"files", "method", "data", "evaluation"},
     "eval": {"files", "evaluation"},
     "tools.prepare": {"files", "data", "evaluation"},
+    # the benchmarks: the networks and the DDIM loops, through the method interface
+    "tools.bench": {"ddim", "method", "model"},
+    "tools.gpu_bench": {"method", "model", "tools"},
 }
 
 

@@ -1,0 +1,179 @@
+"""The fast paths against the plain fp32 path, each within a stated tolerance: bf16 autocast (the
+training loss and gradients, a translation), channels_last, the rewritten UNet blocks against their
+old form; the --precision choice and its refusals; the benchmark scripts at tiny scale on the CPU."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ddim
+import method as M
+import train
+from model import ResBlock, Upsample, UNet, UNetConfig
+from tests.helpers import fails
+from tests.test_model import inputs, randomise_
+from tools import bench, gpu_bench
+
+BF16 = ("bf16", "fp32")  # what PhenDiff offers
+
+
+def v_model():
+    """A randomised 16x16 v-prediction UNet (the demo's output) of 3 classes, and its inputs."""
+    torch.manual_seed(0)
+    model = randomise_(UNet(UNetConfig.preset("tiny", num_classes=3, image_size=16,
+                                              prediction="v")))
+    x, _, y = inputs(model.config, batch=8)
+    return model, x.clamp(-1, 1), y
+
+
+def loss_and_grad(model, x, y, context):
+    model.zero_grad()
+    with context:
+        loss = ddim.loss(model, x, y, ddim.make_schedule("linear"),
+                         generator=torch.Generator().manual_seed(3))
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def relative(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_bf16_training_loss_and_gradients_stay_close_to_fp32():
+    """eq. 4 under bf16 autocast, as train.py runs a step: the loss within 0.2 % (measured
+    0.015 %), the gradient within 6 % of its norm (measured 2.3 %)."""
+    model, x, y = v_model()
+    loss32, grad32 = loss_and_grad(model, x, y, torch.autocast("cpu", enabled=False))
+    loss16, grad16 = loss_and_grad(model, x, y, M.Precision("bf16", "cpu", BF16).autocast())
+    assert abs(loss16 - loss32) / loss32 < 2e-3, (loss16, loss32)
+    assert relative(grad16, grad32) < 0.06
+
+
+def test_channels_last_training_gives_the_same_loss_and_gradients():
+    """Other kernels, other summation orders: float32 noise (measured 2e-7 and 2e-6)."""
+    model, x, y = v_model()
+    loss, grad = loss_and_grad(model, x, y, torch.autocast("cpu", enabled=False))
+    model = model.to(memory_format=torch.channels_last)
+    loss_cl, grad_cl = loss_and_grad(model, x.contiguous(memory_format=torch.channels_last), y,
+                                     torch.autocast("cpu", enabled=False))
+    assert abs(loss_cl - loss) / loss < 1e-5 and relative(grad_cl, grad) < 1e-4
+
+
+def test_bf16_translation_stays_close_to_fp32_and_returns_float32():
+    """Inversion then sampling with the network under bf16 autocast and eq. 5-6 in float32: within
+    4 % of the fp32 translation's norm (measured 0.9-1.2 % at 5 and 20 steps)."""
+    model, x, y = v_model()
+    alpha, out = ddim.make_schedule("linear"), {}
+    for choice in BF16:
+        net = M.Precision(choice, "cpu", BF16).wrap(model.eval())
+        assert ddim.prediction(net) == "v" and net.null_label == 3  # seen through the wrapper
+        out[choice] = ddim.sample(net, ddim.invert(net, x, y, alpha, 5), (y + 1) % 3, alpha, 5)
+    assert out["bf16"].dtype == torch.float32
+    assert relative(out["bf16"], out["fp32"]) < 0.04
+
+
+def test_resblock_matches_its_old_form():
+    """The FiLM with norm2's affine folded in: norm2(h) * (1 + scale) + shift, as written before,
+    to float32 rounding, forward and gradients."""
+    torch.manual_seed(0)
+    block = randomise_(ResBlock(32, 64, 16, 0.0))
+    x, emb = torch.randn(2, 32, 8, 8, requires_grad=True), torch.randn(2, 16)
+
+    def old(b, x, emb):
+        h = b.conv1(F.silu(b.norm1(x)))
+        scale, shift = b.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        return b.skip(x) + b.conv2(F.silu(b.norm2(h) * (1 + scale) + shift))
+    outs, grads = [], []
+    for fn in (old, lambda b, x, emb: b(x, emb)):
+        x.grad = None
+        block.zero_grad()
+        out = fn(block, x, emb)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append(torch.cat([x.grad.flatten(), *(p.grad.flatten()
+                                                    for p in block.parameters())]))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-5 * outs[0].abs().max().item())
+    assert relative(grads[1], grads[0]) < 1e-5
+
+
+def test_upsample_matches_interpolate():
+    """The CPU's channels_last round trip gives exactly the nearest upsampling, its gradient to
+    float32 rounding."""
+    torch.manual_seed(0)
+    up = Upsample(4)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    ref = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    g = torch.randn_like(ref)
+    (grad_ref,) = torch.autograd.grad(ref, x, g)
+    out = up(x)
+    (grad,) = torch.autograd.grad(out, x, g)
+    assert torch.equal(out, ref) and out.is_contiguous()
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_precision_auto_follows_the_processor_and_the_method(monkeypatch):
+    monkeypatch.setattr(M, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    chosen = M.Precision("auto", "cpu", BF16, "phendiff")
+    assert chosen.dtype == torch.bfloat16 and "avx512_bf16" in str(chosen)
+    assert M.Precision("fp32", "cpu", BF16).dtype is None  # on request
+    assert M.Precision("auto", "cpu", ("fp32",), "dino").dtype is None  # the method's default
+    monkeypatch.setattr(M, "cpu_bf16_flags", lambda: [])
+    chosen = M.Precision("auto", "cpu", BF16, "phendiff")
+    assert chosen.dtype is None and "no bf16 instructions" in str(chosen)
+    assert "expect it slower" in str(M.Precision("bf16", "cpu", BF16))
+    with pytest.raises(ValueError, match="dino trains in fp32 only") as e:
+        M.Precision("bf16", "cpu", ("fp32",), "dino")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        M.Precision("half", "cpu", BF16)
+
+
+def test_train_says_which_precision_ran_and_refuses_one_the_method_lacks(tmp_path, capsys):
+    run = ["--preset", "tiny", "--image-size", "16", "--base-channels", "8", "--channel-mult",
+           "1,2", "--num-res-blocks", "1", "--attn-res", "8", "--sample-every", "0", "--data",
+           "synthetic", "--compounds", "latrunculin_b", "--n-per-class", "2", "--batch-size", "4",
+           "--steps", "2", "--precision", "fp32", "--out", str(tmp_path / "r")]
+    train.main(run)
+    assert "cpu, fp32 (requested)" in capsys.readouterr().out
+    line = fails(train.main, ["--method", "dino", "--precision", "bf16", "--out",
+                              str(tmp_path / "d")])
+    assert "dino trains in fp32 only" in line
+
+
+def test_the_bench_runs_at_tiny_scale(capsys):
+    bench.main(["--preset", "tiny", "--translate-preset", "tiny", "--batch", "2", "--images", "2",
+                "--ddim-steps", "1", "--rounds", "1", "--threads", "1", "--impl", "ours"])
+    out = capsys.readouterr().out
+    assert "| train | 1 | contiguous | bf16 |" in out and "ours bf16 / ours fp32" in out
+    assert torch.get_num_threads() == 1
+
+
+def test_the_gpu_script_runs_at_tiny_scale_on_the_cpu(capsys):
+    gpu_bench.main(["--preset", "tiny", "--batch", "2", "--steps", "1", "--images", "2",
+                    "--doses", "2", "--ddim-steps", "1", "--no-compile", "--no-diffusers",
+                    "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "train ours:" in out and "translate ours: 2 images x 2 doses" in out
+
+
+def test_training_flops_are_three_forwards():
+    """The MFU's numerator: forward + backward counted on the meta device, about 3 forwards (the
+    input needs no gradient; measured 2.998 on the small preset)."""
+    config = UNetConfig.preset("tiny")
+    with torch.device("meta"):
+        net = UNet(config)
+        x = torch.zeros(2, config.in_channels, config.image_size, config.image_size)
+        t = torch.zeros(2, dtype=torch.long)
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        net(x, t, t)
+    assert 2.9 < gpu_bench.train_flops(config, 2) / counter.get_total_flops() < 3.1
+
+
+def test_diffusers_is_built_at_the_same_configuration():
+    pytest.importorskip("diffusers")
+    config = bench.config_of("tiny")
+    ours, theirs = (bench.build(impl, config, "contiguous") for impl in ("ours", "diffusers"))
+    n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
+    assert abs(n_theirs - n_ours) / n_ours < 0.01, (n_ours, n_theirs)
+    x, y = bench.images(config, 2, "contiguous")
+    assert theirs(x, torch.tensor([5, 999]), y).shape == x.shape
+    assert theirs.prediction == config.prediction and theirs.null_label == ours.null_label
