@@ -19,10 +19,17 @@ mapping (one class: ALAE is unconditional, labels are ignored), the synthesis, t
 layers. Translation is autoencoders.py's class-mean shift of codes (LatentShift), with EMA copies
 of E and G and fixed noise maps, so that a code always decodes to the same image.
 
-Simplifications, said here once: no progressive growing; one w broadcast to every layer (the W
-space, no style mixing); StyleGAN2's modulated convolutions in G instead of AdaIN; bilinear up-
-and average-pool down-sampling as in stylegan.py; lazy R1 (every 16 steps, weighted x16, as
-StyleGAN2) where ALAE penalises every step.
+The step is the one of ALAE's code (podgorskiy/ALAE, train_alae.py), the default here: two Adam
+states, (E, D) and (F, G), the same ones stepped in step III (so F learns there too, through the
+w that G draws from, where Algorithm 1 names E and G alone); R1 at every step; style mixing (0.9)
+in steps I and II; F and D with learning-rate multiplier 0.1, D without activations (ALAE's
+MappingD: three linear layers). What this file did before issue #28 is a flag for each:
+`--optimizers 3 --r1-every 16 --style-mixing 0 --f-lr-mul 0.01 --d-lr-mul 1 --no-d-linear`.
+Departures that are not flags, said here once: no progressive growing, CPU sizes (docs/recipes.md);
+StyleGAN2's modulated convolutions in G instead of AdaIN; bilinear up- and average-pool
+down-sampling as in stylegan.py; F reads a constant class embedding beside z (stylegan.py's
+mapping with one class); the EMA of F, G and E is the house's (0.999 with a warm-up) where ALAE's
+halves every 10k images; translation decodes one w at every layer (the W space).
 """
 import copy
 from dataclasses import dataclass, replace
@@ -42,19 +49,34 @@ from baselines.stylegan import EqualConv2d, EqualLinear
 class ALAEConfig(stylegan.StyleGANConfig):
     lr: float = M.arg(0.002, "Adam learning rate of the three steps (betas 0, 0.99)")
     r1_gamma: float = M.arg(10.0, "weight gamma of the R1 penalty on D(E(x)) at real images")
-    d_layers: int = M.arg(3, "layers of the latent discriminator D, an MLP on w")
+    r1_every: int = M.arg(1, "steps between R1 penalties, each weighted by it (ALAE's code: 1; "
+                             "16: StyleGAN2's lazy R1, before #28)")
+    optimizers: int = M.arg(2, "Adam states: 2 as ALAE's code ((E, D) and (F, G), both stepped "
+                               "in step III); 3 as Algorithm 1 reads (a third on E, G for step "
+                               "III, F frozen there; before #28)", choices=(2, 3))
+    d_layers: int = M.arg(3, "layers of the latent discriminator D on w")
+    d_linear: bool = M.arg(True, "D without activations between its layers (ALAE's code); "
+                                 "--no-d-linear: leaky ReLUs (before #28)")
+    f_lr_mul: float = M.arg(0.1, "learning-rate multiplier of F's layers (ALAE's code: 0.1; "
+                                 "StyleGAN's 0.01 before #28)")
+    d_lr_mul: float = M.arg(0.1, "learning-rate multiplier of D's layers (ALAE's code: 0.1; 1 "
+                                 "before #28)")
     pixel_weight: float = M.arg(0.0, "weight of a pixel MSE |x - G(E(x))|^2 on the real batch in "
                                      "step III for E and G (50: a VAE's likelihood, sigma 0.1); "
                                      "0: ALAE as published, which reconstructs in W only")
-    style_mixing: float = 0.0  # not a flag: ALAE drives every layer with one w
     augment: float = 0.0  # not a flag: D judges codes, and E sees the images as they are
+    ada_target: float = 0.0  # not a flag, for the same reason
+    ada_kimg: float = 500.0  # not a flag
+    d_mapping_layers: int = 0  # not a flag: D is ALAE's latent discriminator
+    RECIPE = {}  # ALAE's own settings are its fields' defaults
 
     PRESETS = {name: {**p, "r1_gamma": 10.0, "lr": 0.002}  # StyleGAN's sizes, ALAE's gamma, lr
                for name, p in stylegan.StyleGANConfig.PRESETS.items()}
 
     def __post_init__(self):
         super().__post_init__()
-        M.check_ranges(self, positive=("d_layers",), nonnegative=("pixel_weight",))
+        M.check_ranges(self, positive=("d_layers", "r1_every", "f_lr_mul", "d_lr_mul"),
+                       nonnegative=("pixel_weight",))
 
 # -----------------------------------------------------------------------------
 # the four networks
@@ -64,17 +86,19 @@ class Mapping(stylegan.Mapping):
     """F: z -> w, stylegan.py's mapping network with a single class (ALAE is unconditional)."""
 
     def __init__(self, c):
-        super().__init__(replace(c, num_classes=1))
+        super().__init__(replace(c, num_classes=1), c.f_lr_mul)
 
     def forward(self, z):
         return super().forward(z, torch.zeros(len(z), dtype=torch.long, device=z.device))
 
 
 class Generator(stylegan.Synthesis):
-    """G: w -> image, stylegan.py's synthesis with one w broadcast to all its layers."""
+    """G: w -> image, stylegan.py's synthesis with one w (B, w_dim) broadcast to all its layers,
+    or a w per layer (B, num_ws, w_dim) where styles are mixed."""
 
     def forward(self, w, noise=None):
-        return super().forward(w[:, None].expand(-1, self.num_ws, -1), noise)
+        return super().forward(w[:, None].expand(-1, self.num_ws, -1) if w.dim() == 2 else w,
+                               noise)
 
 
 def style_statistics(h, eps=1e-8):
@@ -113,33 +137,35 @@ class Encoder(nn.Module):
 
 
 class LatentDiscriminator(nn.Sequential):
-    """D: w -> a real/fake logit, an MLP: it judges codes, not images."""
+    """D: w -> a real/fake logit: it judges codes, not images. Linear layers (ALAE's code: a
+    linear function of w, so that E does all the nonlinear work) or an MLP (not d_linear)."""
 
     def __init__(self, c):
-        super().__init__(*[EqualLinear(c.z_dim, c.z_dim, act=True) for _ in range(c.d_layers - 1)],
-                         EqualLinear(c.z_dim, 1))
+        super().__init__(*[EqualLinear(c.z_dim, c.z_dim, lr_mul=c.d_lr_mul, act=not c.d_linear)
+                           for _ in range(c.d_layers - 1)],
+                         EqualLinear(c.z_dim, 1, lr_mul=c.d_lr_mul))
 
 
-def latent_reconstruction_loss(F, G, E, z):
-    """Step III: the mean of (F(z) - E(G(F(z))))^2, F(z) a fixed target (no gradient reaches F)."""
-    with torch.no_grad():
+def latent_reconstruction_loss(F, G, E, z, through_f=False):
+    """Step III: the mean of (F(z) - E(G(F(z))))^2, F(z) a fixed target; through_f: the gradient
+    reaches F through the w that G draws from (ALAE's code), else F gets none."""
+    with torch.set_grad_enabled(through_f and torch.is_grad_enabled()):
         w = F(z)
-    return (E(G(w)) - w).square().mean()
+    return (E(G(w)) - w.detach()).square().mean()
 
 # -----------------------------------------------------------------------------
 # the method
 
 
 class ALAE(LatentShift):
-    """F, G, E, D with three Adam optimizers (one per step of Algorithm 1), EMA copies of F, G and
-    E, and the class means of the EMA encoder's codes (taken by `refresh`)."""
+    """F, G, E, D with two Adam optimizers (ALAE's code) or three (one per step of Algorithm 1),
+    EMA copies of F, G and E, and the class means of the EMA encoder's codes (taken by
+    `refresh`)."""
     name = "alae"
     Config = ALAEConfig
     OPTIONS = {"ema": True}
     LOG = ("d_adv", "g_adv", "latent_rec", "pixel", "r1", "lr")
     NETS = ("F", "G", "E", "D", "F_ema", "G_ema", "E_ema")
-    OPTIMIZERS = ("optimizer_d", "optimizer_g", "optimizer_rec")
-    R1_EVERY = 16  # lazy regularisation
 
     def __init__(self, config, device="cpu", **options):
         c = self.config = config
@@ -151,16 +177,19 @@ class ALAE(LatentShift):
 
         def adam(*nets):
             return torch.optim.Adam([p for n in nets for p in n.parameters()], c.lr, (0.0, 0.99))
-        self.optimizer_d = adam(self.E, self.D)  # step I
-        self.optimizer_g = adam(self.F, self.G)  # step II
-        self.optimizer_rec = adam(self.E, self.G)  # step III
+        self.optimizer_d = adam(self.E, self.D)  # step I (and III with two states)
+        self.optimizer_g = adam(self.F, self.G)  # step II (and III with two states)
+        self.optimizers = ("optimizer_d", "optimizer_g")
+        if c.optimizers == 3:
+            self.optimizer_rec = adam(self.E, self.G)  # step III
+            self.optimizers += ("optimizer_rec",)
         self.means = torch.zeros(c.num_classes, c.z_dim, device=device)
 
     def train_step(self, batch, step):
         """Algorithm 1: steps I, II and III, each on its own z, then the EMAs."""
         c, x = self.config, batch[0]
         z = lambda: torch.randn(len(x), c.z_dim, device=x.device)  # noqa: E731
-        d_adv, r1 = self.d_step(x, z(), step % self.R1_EVERY == 0)
+        d_adv, r1 = self.d_step(x, z(), step % c.r1_every == 0)
         g_adv = self.g_step(z())
         latent_rec, pixel = self.latent_step(z(), x)
         decay = M.ema_decay(step, c.ema_decay)
@@ -169,13 +198,22 @@ class ALAE(LatentShift):
         values = torch.stack([d_adv, g_adv, latent_rec, pixel, r1]).tolist()
         return {**dict(zip(self.LOG, values)), "lr": c.lr}
 
+    def fakes(self, z):
+        """G(F(z)) for steps I and II, styles mixed with probability style_mixing (ALAE's code):
+        the layers from a random one on read the w of another z."""
+        w = self.F(z)
+        if self.config.style_mixing and torch.rand(()) < self.config.style_mixing:
+            cut = int(torch.randint(1, self.G.num_ws, ()))
+            w = w[:, None].repeat(1, self.G.num_ws, 1)
+            w[:, cut:] = self.F(torch.randn_like(z))[:, None]
+        return self.G(w)
+
     def d_step(self, x, z, with_r1=True):
         """Step I: E and D tell the codes of real images from those of fakes, with gamma/2 R1 (the
-        squared gradient norm of D(E(x)) at real x) when with_r1, weighted by R1_EVERY (lazy R1,
-        as stylegan.py: the penalty costs as much as the rest of the step). Returns (adversarial
-        loss, R1 or 0)."""
+        squared gradient norm of D(E(x)) at real x) when with_r1, weighted by r1_every (lazy R1,
+        as stylegan.py, when above 1). Returns (adversarial loss, R1 or 0)."""
         with torch.no_grad():
-            fake = self.G(self.F(z))
+            fake = self.fakes(z)
         real = x.detach().requires_grad_(with_r1)
         real_score = self.D(self.E(real))
         loss = (adversarial_loss("ns", self.D(self.E(fake)), False)
@@ -184,34 +222,41 @@ class ALAE(LatentShift):
         if with_r1:
             grad, = torch.autograd.grad(real_score.sum(), real, create_graph=True)
             r1 = grad.square().sum((1, 2, 3)).mean()
-        self.update(self.optimizer_d, loss + self.config.r1_gamma / 2 * self.R1_EVERY * r1)
+        c = self.config
+        self.update(loss + c.r1_gamma / 2 * c.r1_every * r1, self.optimizer_d)
         return loss.detach(), r1.detach()
 
     def g_step(self, z):
         """Step II: F and G make D(E(fake)) say real; E and D frozen for it."""
         self.E.requires_grad_(False), self.D.requires_grad_(False)
-        loss = adversarial_loss("ns", self.D(self.E(self.G(self.F(z)))), True)
-        self.update(self.optimizer_g, loss)
+        loss = adversarial_loss("ns", self.D(self.E(self.fakes(z))), True)
+        self.update(loss, self.optimizer_g)
         self.E.requires_grad_(True), self.D.requires_grad_(True)
         return loss.detach()
 
     def latent_step(self, z, x):
-        """Step III: E and G make E(G(w)) return w = F(z), and G(E(x)) return the real x by
-        pixel_weight x the pixel MSE (logged either way; 0 as published), decoded with the fixed
-        noise maps of `decode` (which also leaves the random stream as it was). Returns both."""
-        loss = latent_reconstruction_loss(self.F, self.G, self.E, z)
+        """Step III: E and G make E(G(w)) return w = F(z) (F learning too with two optimizers, as
+        ALAE's code), and G(E(x)) return the real x by pixel_weight x the pixel MSE (logged either
+        way; 0 as published), decoded with the fixed noise maps of `decode` (which also leaves the
+        random stream as it was). Returns both."""
+        two = self.config.optimizers == 2
+        loss = latent_reconstruction_loss(self.F, self.G, self.E, z, through_f=two)
         with torch.set_grad_enabled(self.config.pixel_weight > 0):
             noise = stylegan.fixed_noise(self.G, len(x), x.device)
             pixel = (self.G(self.E(x), noise) - x).square().mean()
-        self.update(self.optimizer_rec, loss + self.config.pixel_weight * pixel)
+        optimizers = (self.optimizer_d, self.optimizer_g) if two else (self.optimizer_rec,)
+        self.update(loss + self.config.pixel_weight * pixel, *optimizers)
         return loss.detach(), pixel.detach()
 
-    def update(self, optimizer, loss):
-        """One Adam step of the optimizer's networks on loss, gradients averaged over processes."""
-        optimizer.zero_grad(set_to_none=True)
+    def update(self, loss, *optimizers):
+        """One Adam step of each optimizer's networks on loss, gradients averaged over processes
+        (a network the loss does not reach has no gradient and is left alone)."""
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
         loss.backward()
-        M.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
-        optimizer.step()
+        M.average_gradients([p for o in optimizers for g in o.param_groups for p in g["params"]])
+        for o in optimizers:
+            o.step()
 
     @torch.no_grad()
     def encode(self, x):
@@ -227,13 +272,13 @@ class ALAE(LatentShift):
                 "codes and decoded by its StyleGAN generator")
 
     def state_dict(self):
-        return {**{n: getattr(self, n).state_dict() for n in self.NETS + self.OPTIMIZERS},
+        return {**{n: getattr(self, n).state_dict() for n in self.NETS + self.optimizers},
                 "means": self.means.clone()}
 
     def load_state_dict(self, state):
         for n in self.NETS:
             getattr(self, n).load_state_dict(state[n])
-        for n in self.OPTIMIZERS:
+        for n in self.optimizers:
             if n in state:  # exported checkpoints translate without them
                 getattr(self, n).load_state_dict(state[n])
         self.means.copy_(state["means"])

@@ -1,4 +1,5 @@
-"""The second paper's jointly trained autoencoders: VAE, BiGAN and DC-VAE (StyleALAE in alae.py).
+"""The second paper's jointly trained autoencoders VAE and BiGAN, and what they share with DC-VAE
+(dcvae.py) and StyleALAE (alae.py).
 
 Fonnegra et al. compare DSAE's decoupled encoder (trained alone by DINO, dsae.py) with autoencoders
 that learn their encoder and generator together, and find that decoupling gives the features that
@@ -10,30 +11,25 @@ reconstruct = decode(encode(x)); encode gives the features that eval.py's `repre
                                      likelihood + beta KL; encode = mu
     BiGAN   (Donahue et al. 2017; Dumoulin et al. 2017, ALI)  G(z), E(x), and D on joint pairs:
                                      (x, E(x)) real, (G(z), z) fake; encode = E(x)
-    DC-VAE  (Parmar et al. 2021)     a VAE whose pixel likelihood is replaced by its two
-                                     "contradistinctive" losses, both through one discriminator:
-                                     set-level adversarial (real x vs reconstructions and samples)
-                                     and instance-level contrastive (InfoNCE: a reconstruction must
-                                     be nearer its own input than the batch's other images in D's
-                                     embeddings, at a fine and a coarse scale, and than a queue
-                                     of past images' embeddings by a momentum copy of D, as
-                                     MoCo); a small KL; encode = mu. pixel_weight > 0 keeps a
-                                     pixel MSE beside them (a VAE-GAN with DC-VAE's losses)
 
-The networks are DCGAN's (Radford et al. 2016), shared by the three: the encoder (and each
+The networks are DCGAN's (Radford et al. 2016), shared with DC-VAE: the encoder (and each
 discriminator's image branch) halves the size with 4x4 stride-2 convolutions and leaky ReLUs down
 to 4x4, then a linear layer; no batch norm, so a code never depends on the rest of its batch. The
 decoder mirrors it with transposed convolutions, group norm (not DCGAN's batch norm, for the same
-reason) and ReLU, then tanh. Each method keeps
-an EMA of its encoder and decoder, which encode, decode and translate by default.
+reason) and ReLU, then tanh. Each method keeps an EMA of its encoder and decoder, which encode,
+decode and translate by default.
+
+Departures from the published recipes (docs/recipes.md has them all, with the reasons): one
+DCGAN architecture for every autoencoder at CPU sizes (BiGAN's ImageNet networks, ALI's deeper
+ones, the VAE paper's MLPs are not used); Adam 2e-4 (0.5, 0.999) for both, without BiGAN's weight
+decay and learning-rate decay; EMA copies for translation; BiGAN's `--cycle-weight` (ALICE's term)
+is 0 as published.
 """
 import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.nn.utils.parametrizations import spectral_norm
 
 import method as M
 from baselines.gan import adversarial_loss
@@ -49,7 +45,8 @@ class AutoencoderConfig:
     channels: int = M.arg(64, "channels of the encoder's first layer (doubling at each halving, "
                               "at most 8x); the decoder mirrors it")
     lr: float = M.arg(2e-4, "Adam learning rate of every network")
-    beta1: float = M.arg(0.5, "Adam beta1 (beta2 0.999)")
+    beta1: float = M.arg(0.5, "Adam beta1")
+    beta2: float = M.arg(0.999, "Adam beta2")
     ema_decay: float = M.arg(0.999, "EMA of the encoder and decoder, used to encode, decode and "
                                     "translate")
 
@@ -59,7 +56,7 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         M.check_ranges(self, positive=("latent_dim", "channels", "lr", "steps"),
-                       fraction=("beta1", "ema_decay"))
+                       fraction=("beta1", "beta2", "ema_decay"))
         if self.image_size < 8 or self.image_size & (self.image_size - 1):
             raise ValueError(f"the autoencoders need a power-of-two image size >= 8, "
                              f"got {self.image_size}")
@@ -90,23 +87,6 @@ class BiGANConfig(AutoencoderConfig):
         super().__post_init__()
         M.check_ranges(self, fraction=("d_dropout",), nonnegative=("cycle_weight",))
 
-
-@dataclass
-class DCVAEConfig(AutoencoderConfig):
-    kl_weight: float = M.arg(1e-4, "weight of the KL term per image (DC-VAE keeps it small)")
-    contrastive_weight: float = M.arg(1.0, "weight of the instance-level contrastive loss")
-    contrastive_dim: int = M.arg(16, "size of the discriminator's contrastive embedding")
-    temperature: float = M.arg(0.07, "InfoNCE temperature")
-    queue: int = M.arg(4096, "past real images' key embeddings kept as extra negatives (DC-VAE's "
-                             "MoCo queue, 8,192 in its code); 0: the batch's own only")
-    pixel_weight: float = M.arg(0.0, "weight of the pixel MSE |x - G(z)|^2 for E and G beside the "
-                                     "contrastive term (50: the VAE's likelihood, sigma 0.1); 0: "
-                                     "DC-VAE as published, the contrastive term in its place")
-
-    def __post_init__(self):
-        super().__post_init__()
-        M.check_ranges(self, positive=("contrastive_dim", "temperature"),
-                       nonnegative=("kl_weight", "contrastive_weight", "queue", "pixel_weight"))
 
 # -----------------------------------------------------------------------------
 # networks
@@ -178,31 +158,6 @@ class JointDiscriminator(nn.Module):
         return self.joint(torch.cat([self.image(x), self.code(z)], 1))
 
 
-class ContrastiveDiscriminator(nn.Module):
-    """DC-VAE's D: one trunk, a real/fake logit (set level), and two embeddings for the
-    contrastive loss (instance level; centred and normalised by the loss), taken at two scales as
-    DC-VAE's multi-scale loss: one from the trunk's first layer (a 1x1 conv to one map at half the
-    image size, flattened, then a linear layer: it keeps where things are) and one from the end of
-    the trunk (what they are). Spectral norm on the trunk and the logit, as DC-VAE's D has."""
-
-    def __init__(self, c):
-        super().__init__()
-        trunk = Encoder(c, 1).trunk
-        for i, layer in enumerate(trunk):
-            if isinstance(layer, nn.Conv2d):
-                trunk[i] = spectral_norm(layer)
-        self.first, self.rest = trunk[:2], trunk[2:]
-        dim = widths(c)[-1] * 16
-        self.logit, self.embed = spectral_norm(nn.Linear(dim, 1)), nn.Linear(dim, c.contrastive_dim)
-        self.embed_local = nn.Sequential(nn.Conv2d(c.channels, 1, 1), nn.Flatten(),
-                                         nn.Linear((c.image_size // 2) ** 2, c.contrastive_dim))
-
-    def forward(self, x):
-        """(logit (B, 1), [local, global] embeddings (B, contrastive_dim) each, not normalised)."""
-        h1 = self.first(x)
-        h = self.rest(h1)
-        return self.logit(h), [self.embed_local(h1), self.embed(h)]
-
 # -----------------------------------------------------------------------------
 # the losses, as their papers write them
 
@@ -222,33 +177,6 @@ def joint_scores(D, x, code, fake, z):
     """BiGAN's two pairs through D: (D(x, E(x)) for the real pair, D(G(z), z) for the fake)."""
     return D(x, code), D(fake, z)
 
-
-def info_nce(query, keys, temperature, negatives=None, first=0):
-    """InfoNCE: row i of query must pick row first + i of keys among all rows and the extra
-    `negatives` (cross-entropy over cosine similarities / temperature). log(keys + negatives)
-    when all similarities are equal. first: where this process's rows start in keys gathered
-    from every process."""
-    q = F.normalize(query, dim=1)
-    logits = q @ F.normalize(keys, dim=1).T
-    if negatives is not None:
-        logits = torch.cat([logits, q @ F.normalize(negatives, dim=1).T], 1)
-    return F.cross_entropy(logits / temperature, first + torch.arange(len(q), device=q.device))
-
-
-def multiscale_info_nce(queries, keys, temperature, negatives, first=0):
-    """DC-VAE's multi-scale contrastive loss: the mean of InfoNCE over the scales' embeddings."""
-    return sum(info_nce(q, k, temperature, n, first)
-               for q, k, n in zip(queries, keys, negatives)) / len(queries)
-
-
-def centred(embeddings, centres):
-    """Each scale's embeddings less the real images' mean embedding at that scale. The trunk's
-    features share a large common part, so uncentred every image's embedding pointed one way and
-    InfoNCE sat at log(batch) for 1,200 steps. The centre is the real images', for queries too:
-    centred by their own mean, near-identical reconstructions would have had their tiny
-    differences blown up to unit length, and the decoder learned exactly that (one image for every
-    input, told apart by a faint texture)."""
-    return [e - c for e, c in zip(embeddings, centres)]
 
 # -----------------------------------------------------------------------------
 # translation by the class-mean shift of codes (DSAE and the autoencoders)
@@ -313,7 +241,7 @@ class Autoencoder(LatentShift):
         self.optimizer = self.adam([*self.E.parameters(), *self.G.parameters()])
 
     def adam(self, params):
-        return torch.optim.Adam(params, self.config.lr, (self.config.beta1, 0.999))
+        return torch.optim.Adam(params, self.config.lr, (self.config.beta1, self.config.beta2))
 
     def nets(self):
         return {n: v for n, v in vars(self).items() if isinstance(v, nn.Module)}
@@ -416,92 +344,3 @@ class BiGAN(Autoencoder):
         self.optimizer.step()
         self.update_ema(step)
         return {"d_adv": d_adv.item(), "eg_adv": eg_adv.item(), "cycle": cycle.item(), "lr": c.lr}
-
-
-class DCVAE(Autoencoder):
-    name = "dcvae"
-    Config = DCVAEConfig
-    LOG = ("d_adv", "g_adv", "nce", "kl", "mse", "lr")
-    KEY_MOMENTUM = 0.999  # of D_key, as MoCo and DC-VAE's code
-
-    def __init__(self, config, device="cpu", **options):
-        super().__init__(config, device, **options)
-        self.D = ContrastiveDiscriminator(config).to(device)
-        self.D_key = copy.deepcopy(self.D).requires_grad_(False).eval()
-        self.optimizer_d = self.adam(self.D.parameters())
-        self.queue = F.normalize(torch.randn(2, config.queue, config.contrastive_dim,
-                                             device=device), dim=2)
-        self.queue_at = torch.zeros((), dtype=torch.long)
-
-    def train_step(self, batch, step):
-        """D: real x vs reconstructions G(E(x)) and samples G(z) (set level), and InfoNCE between
-        the embeddings of each reconstruction (query) and of the real images by D_key, the
-        momentum copy of D (keys), with the queue of past keys as more negatives (instance level;
-        D learns the embedding). Then E and G: fool D with both fake kinds, InfoNCE through D
-        frozen, kl_weight x KL, and pixel_weight x the pixel MSE (0 as published: the contrastive
-        term alone ties x' to its own x). Under torchrun the keys are every process's (as MoCo
-        gathers them): the same negatives, centres and queue on every rank, the loss that of one
-        process with the global batch."""
-        c, x = self.config, batch[0]
-        self.E.train(), self.G.train()
-        mu, logvar = self.E(x).chunk(2, 1)
-        recon = self.G(reparameterise(mu, logvar))
-        sample = self.G(torch.randn_like(mu))
-        first = M.rank() * len(x)  # this process's rows among the gathered keys
-        with torch.no_grad():
-            keys = [M.gather_over_processes(k) for k in self.D_key(x)[1]]
-            centres = [k.mean(0) for k in keys]
-            keys = [F.normalize(k, dim=1) for k in centred(keys, centres)]
-        (real_s, _), (rec_s, rec_e), (smp_s, _) = (self.D(v) for v in (
-            x, recon.detach(), sample.detach()))
-        d_adv = adversarial_loss("ns", real_s, True) + 0.5 * (
-            adversarial_loss("ns", rec_s, False) + adversarial_loss("ns", smp_s, False))
-        d_nce = multiscale_info_nce(centred(rec_e, centres), keys, c.temperature, self.queue,
-                                    first)
-        self.optimizer_d.zero_grad(set_to_none=True)
-        (d_adv + c.contrastive_weight * d_nce).backward()
-        M.average_gradients(self.D.parameters())
-        self.optimizer_d.step()
-        self.D.requires_grad_(False)
-        (rec_s, rec_e), (smp_s, _) = self.D(recon), self.D(sample)
-        g_adv = 0.5 * (adversarial_loss("ns", rec_s, True) + adversarial_loss("ns", smp_s, True))
-        nce = multiscale_info_nce(centred(rec_e, centres), keys, c.temperature, self.queue,
-                                  first)
-        kl = kl_divergence(mu, logvar).mean()
-        with torch.set_grad_enabled(c.pixel_weight > 0):  # logged either way
-            mse = (recon - x).square().mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        (g_adv + c.contrastive_weight * nce + c.kl_weight * kl + c.pixel_weight * mse).backward()
-        self.D.requires_grad_(True)
-        M.average_gradients([*self.E.parameters(), *self.G.parameters()])
-        self.optimizer.step()
-        self.update_ema(step)
-        M.update_ema(self.D_key, self.D, self.KEY_MOMENTUM)
-        self.enqueue(keys)
-        return {"d_adv": d_adv.item(), "g_adv": g_adv.item(), "nce": nce.item(),
-                "kl": kl.item(), "mse": mse.item(), "lr": c.lr}
-
-    def check_batch(self, batch_size, world):
-        if batch_size * world < 2:
-            raise ValueError("dcvae needs 2 or more images per step (--batch-size x processes): "
-                             "it centres the contrastive keys by their mean, which leaves nothing "
-                             "of a single image's key; raise --batch-size")
-
-    def enqueue(self, keys):
-        """Put the step's keys (every process's) in place of the oldest ones of the queue (a
-        ring); of more keys than it holds, the last (no slot written twice in one step)."""
-        size = self.queue.shape[1]
-        if size:
-            keys = torch.stack(keys)[:, -size:]
-            at = (self.queue_at + torch.arange(keys.shape[1])) % size
-            self.queue[:, at] = keys.to(self.queue.dtype)
-            self.queue_at.copy_((self.queue_at + keys.shape[1]) % size)
-
-    def state_dict(self):
-        return {**super().state_dict(), "queue": self.queue.clone(),
-                "queue_at": self.queue_at.clone()}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.queue.copy_(state["queue"])
-        self.queue_at.copy_(state["queue_at"])

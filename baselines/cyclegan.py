@@ -14,6 +14,10 @@ The paper trains on unaligned pairs, one image of A and one of B per step; here 
 --batch-size images of each domain (train.py's per-class draw), so every step of every process
 learns from both. Under torchrun each process keeps its own pools (their random draws differ):
 checkpoints hold every rank's, and a resumed rank takes its own back.
+
+Departures from the reference code (docs/recipes.md): that batch; CPU sizes (`cpu`: 32 px, 4
+residual blocks of 32 channels, a 34x34 PatchGAN); flips and 90-degree turns instead of resized
+random crops; an EMA of the generators, which translates.
 """
 import copy
 from dataclasses import dataclass

@@ -13,6 +13,10 @@ the DSAE paper does for cell images (no colour jitter across channels, no greysc
 solarisation: the channels are separate stains whose intensities carry the phenotype).
 The labels of a batch are ignored. The method encodes (with the teacher, as DINO evaluates) and
 does not translate; dsae.py joins it to a decoder.
+
+Departures from DINO's code (docs/recipes.md): those augmentations; the `cpu` preset's sizes (32 px
+crops, a 4-block ViT of width 96, K = 1,024) and its short-run schedule (teacher temperature 0.02,
+momentum from 0.99, a larger learning rate); fp32; the `paper` preset is DINO's ViT-S/16 recipe.
 """
 import math
 from dataclasses import dataclass

@@ -12,13 +12,19 @@ The paper gives no more detail; the choices made here, each a flag:
   fine-tuning starts from decodes that already resemble their inputs rather than from noise;
 - G keeps its adversarial loss (weight --adv-weight) against the decoder's discriminator, which
   trains on, so that decodes stay images while L_Fcc pulls their features;
-- decoding uses G's EMA and fixed noise maps, so an image decodes the same way every time.
+- decoding uses the EMAs of G and of tau (the paper decodes with EMA weights; before issue #28 tau
+  had none, and checkpoints from then decode with their raw tau as they did) and fixed noise
+  maps, so an image decodes the same way every time.
+Departures (docs/recipes.md): the parts' CPU sizes and training lengths; the decoder trains with
+a fixed augmentation of what D sees (GANformer's code has none); the reconstruction axis of
+eval.py is PSNR, where the paper measures a VGG perceptual distance.
 
 Beyond the paper, so that DSAE sits in the same tables as PhenDiff: translate = decode(E(x) +
 mean_E(target) - mean_E(source)), with class means of E's features on the training images;
 reconstruct = decode(E(x)); `decode` turns any point of the feature space into an image, which
 eval.py's `represent` uses for paths between phenotypes.
 """
+import copy
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -47,7 +53,7 @@ class DSAEConfig:
     r1_gamma: float = M.arg(None, "R1 weight of D (default: the decoder's)")
     augment: float = M.arg(None, "augmentation probability of what D sees (default: the "
                                  "decoder's)")
-    ema_decay: float = M.arg(0.999, "EMA of G, used to decode")
+    ema_decay: float = M.arg(0.999, "EMA of G and tau, used to decode")
     encoder_config: dict = field(default_factory=dict)  # read from --encoder when a run starts
     decoder_config: dict = field(default_factory=dict)  # read from --decoder
 
@@ -108,13 +114,13 @@ def ridge_fit(f, z, ridge=1e-3):
 
 
 class DSAE(LatentShift, stylegan.StyleGAN2):
-    """E (frozen), tau, and the decoder's G (+ EMA) and D, fine-tuned with L_Fcc; translation by
-    the class-mean shift of E's features (LatentShift, shared with the autoencoders)."""
+    """E (frozen), tau and the decoder's G (each + EMA) and D, fine-tuned with L_Fcc; translation
+    by the class-mean shift of E's features (LatentShift, shared with the autoencoders)."""
     name = "dsae"
     Config = DSAEConfig
     OPTIONS = {"ema": True}
     LOG = ("fcc", "g_adv", "d_adv", "r1", "lr")
-    NETS = ("E", "tau", "G", "D", "G_ema")
+    NETS = ("E", "tau", "G", "D", "G_ema", "tau_ema")
 
     def __init__(self, config, device="cpu", **options):
         c = config
@@ -126,6 +132,7 @@ class DSAE(LatentShift, stylegan.StyleGAN2):
         self.E = encoders.encoder(e.arch, e).to(device).requires_grad_(False).eval()
         self.tau = nn.Linear(self.E.dim, self.G.latent_shape[0] * self.G.latent_shape[1])
         self.tau.to(device)
+        self.tau_ema = copy.deepcopy(self.tau).requires_grad_(False)
         self.optimizer_g = torch.optim.Adam([*self.G.parameters(), *self.tau.parameters()], c.lr,
                                             (0.0, 0.99))
         self.means = torch.zeros(c.num_classes, self.E.dim, device=device)
@@ -141,6 +148,7 @@ class DSAE(LatentShift, stylegan.StyleGAN2):
         self.D.load_state_dict(decoder["D"])
         self.fit_tau()
         M.broadcast_from_rank0(self.tau.parameters())  # the same fit on every process, bit for bit
+        self.tau_ema.load_state_dict(self.tau.state_dict())
         self.refresh(dataset)
 
     @torch.no_grad()
@@ -168,7 +176,9 @@ class DSAE(LatentShift, stylegan.StyleGAN2):
         (c.fcc_weight * fcc + c.adv_weight * g_adv).backward()
         M.average_gradients([*self.G.parameters(), *self.tau.parameters()])
         self.optimizer_g.step()
-        M.update_ema(self.G_ema, self.G, M.ema_decay(step, c.ema_decay))
+        decay = M.ema_decay(step, c.ema_decay)
+        M.update_ema(self.G_ema, self.G, decay)
+        M.update_ema(self.tau_ema, self.tau, decay)
         d_adv, r1 = self.discriminator_step(x, one_class, decoded, step)
         values = torch.stack([fcc, g_adv, d_adv, r1]).detach().tolist()
         return {**dict(zip(self.LOG, values)), "lr": c.lr}
@@ -179,9 +189,9 @@ class DSAE(LatentShift, stylegan.StyleGAN2):
 
     @torch.no_grad()
     def decode(self, features):
-        G = self.generator()
+        G, tau = self.generator(), self.tau_ema if self.options["ema"] else self.tau
         noise = stylegan.fixed_noise(G.synthesis, len(features), features.device)
-        return G(self.tau(features), noise)
+        return G(tau(features), noise)
 
     def describe(self):
         return (f"encoded by a DINO-trained {self.encoder_config.arch}, moved by the class-mean "
@@ -191,5 +201,5 @@ class DSAE(LatentShift, stylegan.StyleGAN2):
         return {**super().state_dict(), "means": self.means.clone()}
 
     def load_state_dict(self, state):
-        super().load_state_dict(state)
+        super().load_state_dict({"tau_ema": state["tau"], **state})  # before #28: no tau EMA
         self.means.copy_(state["means"])

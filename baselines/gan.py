@@ -113,15 +113,24 @@ def patch_trunk(in_ch, ch, n_down, slope, norm, max_mult=8):
 def adversarial_loss(kind, logits, real):
     """The GAN losses of the baselines, for the discriminator's logits on images it should call
     real (real=True) or fake: "lsgan" (Mao et al. 2017; CycleGAN), "wgan" (Arjovsky et al. 2017;
-    StarGAN, with gradient_penalty) and "ns", the non-saturating logistic loss (Goodfellow et al.
-    2014). A generator's loss is the same call with real=True on its fakes."""
+    StarGAN, with gradient_penalty), "ns", the non-saturating logistic loss (Goodfellow et al.
+    2014), and "hinge" (Lim & Ye 2017; DC-VAE's code). A generator's loss is generator_loss."""
     if kind == "lsgan":
         return F.mse_loss(logits, torch.full_like(logits, 1.0 if real else 0.0))
     if kind == "wgan":
         return -logits.mean() if real else logits.mean()
     if kind == "ns":
         return F.softplus(-logits).mean() if real else F.softplus(logits).mean()
-    raise ValueError(f"unknown GAN loss {kind!r}; choose lsgan, wgan or ns")
+    if kind == "hinge":
+        return F.relu(1 - logits).mean() if real else F.relu(1 + logits).mean()
+    raise ValueError(f"unknown GAN loss {kind!r}; choose lsgan, wgan, ns or hinge")
+
+
+def generator_loss(kind, logits):
+    """A generator's loss on the discriminator's logits for its fakes: the discriminator's loss
+    as if they were real, except for the hinge loss, whose generator maximises the raw score
+    (-mean D(fake)), as hinge GANs train it."""
+    return -logits.mean() if kind == "hinge" else adversarial_loss(kind, logits, True)
 
 
 def gradient_penalty(critic, real, fake, generator=None):

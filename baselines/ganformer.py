@@ -12,7 +12,10 @@ subclass through its per-layer hook), the mapping and the residual discriminator
 class, and StyleGAN2's training (non-saturating loss, lazy R1, EMA, augmentation). The method only
 generates: it has no encoder, so it does not translate (TRANSLATES = False); the DSAE does.
 Simplified against the reference code, said here once: no k-means centroids, gates, attention
-dropout, latent position embeddings or self-attention in the mapping network.
+dropout, latent position embeddings or self-attention in the mapping network; the skip generator
+rather than the resnet one. Its training departs too (docs/recipes.md): D sees augmented images
+(fixed p 0.5; GANformer's code has none), R1 and learning rate from its --autotune heuristic, CPU
+sizes.
 """
 import math
 from dataclasses import dataclass, replace
@@ -34,6 +37,8 @@ class GANformerConfig(stylegan.StyleGANConfig):
     pos_dim: int = M.arg(32, "size of the sinusoidal position encoding of the grid (a multiple "
                              "of 4)")
     attention_from: int = M.arg(4, "smallest resolution with attention (4: every layer)")
+    d_mapping_layers: int = 0  # not a flag: D is unconditional (StyleGAN2-ADA maps no label then)
+    RECIPE = {}  # GANformer's code has no adaptive augmentation (ADA's RECIPE is stylegan.py's)
 
     PRESETS = {  # GANformer's: 16 components of 32 dimensions (its 512-d latent split 16 ways)
         "paper": dict(image_size=128, z_dim=32, components=16, pos_dim=32),
@@ -191,7 +196,8 @@ class GANformer(stylegan.StyleGAN2):
 
     def __init__(self, config, device="cpu", **options):
         D = stylegan.Discriminator(replace(config, num_classes=1))
-        super().__init__(config, Generator(config), D, device, options)
+        super().__init__(config, Generator(config), D, device, options, config.ada_target,
+                         config.ada_kimg)
 
     def latents(self, y):
         """ws (B, num_ws + k, w_dim) for len(y) fakes: the global w at every layer, mixed from a

@@ -7,6 +7,11 @@ classification loss (lambda_cls 1: D learns it on real images, G must make its f
 c), and the cycle reconstruction |x - G(G(x, c), c_x)|_1 (lambda_rec 10) that should tie a
 translation to its input. D takes n_critic = 5 steps per G step; Adam 1e-4, (0.5, 0.999), linear
 decay over the second half. Translation: G(x, target); reconstruction (Table 2): G(x, own class).
+
+Departures from the reference code (docs/recipes.md): CPU sizes (`cpu`: 32 px, G 32 channels with
+3 blocks, D 4 layers); the learning rate decays every step rather than every 1,000; instance norm
+without running statistics; flips and 90-degree turns instead of crops; an EMA of G, which
+translates; `--gan-loss ns` beside WGAN-GP.
 """
 import copy
 from dataclasses import dataclass

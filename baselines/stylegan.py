@@ -6,11 +6,15 @@ Mapping: z and the class embedding, each normalised, through FC layers with equa
 (lr x 0.01) to w. Synthesis: a constant 4x4 input, per resolution two modulated/demodulated 3x3
 convolutions with per-pixel noise (learned strength), and a skip architecture of toRGB layers summed
 across resolutions. Discriminator: residual blocks, minibatch standard deviation, and projection
-conditioning on the class. Non-saturating logistic loss, lazy R1 (every 16 steps), style mixing,
-an EMA of the generator, and differentiable augmentation of what D sees (flips, 90-degree turns,
-translation, brightness, contrast), since small cell datasets overfit a discriminator quickly.
-Simplifications, said here once: resampling is bilinear up / average-pool down instead of the FIR
-filters, and there is no path-length regularisation.
+conditioning on the class, mapped as StyleGAN2-ADA maps it (embedding, normalisation, 8 FC layers).
+Non-saturating logistic loss, lazy R1 (every 16 steps), style mixing, an EMA of the generator, and
+differentiable augmentation of what D sees (flips, 90-degree turns, translation, brightness,
+contrast), its probability p adapted as ADA does (r_t = E[sign D(real)] held near 0.6), since small
+cell datasets overfit a discriminator quickly.
+Departures (docs/recipes.md): resampling is bilinear up / average-pool down instead of the FIR
+filters; no path-length regularisation; ADA's augmentations reduced to those that suit cell stains
+(no hue, saturation, luma flip, arbitrary rotation or scaling); CPU sizes. Before issue #28, D
+embedded the class with one linear layer and p was fixed: `--d-mapping-layers 0 --ada-target 0`.
 """
 import copy
 import math
@@ -38,7 +42,15 @@ class StyleGANConfig:
     lr: float = M.arg(0.0025, "Adam learning rate of G and D (betas 0, 0.99)")
     r1_gamma: float = M.arg(0.1, "R1 weight; StyleGAN2-ADA's heuristic 0.0002 res^2 / batch")
     style_mixing: float = M.arg(0.9, "probability of mixing two w's at a random layer")
-    augment: float = M.arg(0.5, "probability of each augmentation of what D sees (0: none)")
+    augment: float = M.arg(0.5, "probability of each augmentation of what D sees, fixed when "
+                                "--ada-target is 0 (0: none); ADA starts at 0")
+    ada_target: float = M.arg(0.0, "ADA: p adapts to hold r_t = E[sign D(real)] at this target "
+                                   "(StyleGAN2-ADA: 0.6, the presets'); 0: p fixed at --augment")
+    ada_kimg: float = M.arg(500.0, "ADA: thousands of images over which p may move by 1 "
+                                   "(StyleGAN2-ADA: 500)")
+    d_mapping_layers: int = M.arg(0, "FC layers (lr x 0.01) mapping D's class embedding to its "
+                                     "projection vector (StyleGAN2-ADA: 8, the presets'); 0: the "
+                                     "embedding alone")
     ema_decay: float = M.arg(0.999, "EMA of G, used to sample, project and translate")
 
     PRESETS = {  # the paper at 128x128 (gamma 0.1 at batch 32); 32x32 on a CPU; seconds for tests
@@ -49,17 +61,22 @@ class StyleGANConfig:
                      r1_gamma=0.0064),
     }
 
+    # StyleGAN2-ADA's class mapping in D and adaptive augmentation, which preset() gives every new
+    # run; the fields' own defaults (off) are what checkpoints written before them hold
+    RECIPE = dict(d_mapping_layers=8, ada_target=0.6)
+
     def __post_init__(self):
         M.check_ranges(self, positive=("z_dim", "mapping_layers", "channel_base", "channel_max",
-                                       "lr", "steps"),
-                       nonnegative=("r1_gamma",), fraction=("style_mixing", "augment", "ema_decay"))
+                                       "lr", "steps", "ada_kimg"),
+                       nonnegative=("r1_gamma", "d_mapping_layers"),
+                       fraction=("style_mixing", "augment", "ada_target", "ema_decay"))
         if self.image_size < 8 or self.image_size & (self.image_size - 1):
             raise ValueError(f"stylegan needs a power-of-two image size >= 8, "
                              f"got {self.image_size}")
 
     @classmethod
     def preset(cls, name, **overrides):
-        return M.preset_config(cls, cls.PRESETS, name, overrides)
+        return M.preset_config(cls, cls.PRESETS, name, {**cls.RECIPE, **overrides})
 
     def channels(self, res):
         return min(self.channel_base // res, self.channel_max)
@@ -103,14 +120,15 @@ def normalize_2nd_moment(x, eps=1e-8):
 
 
 class Mapping(nn.Module):
-    """z (normalised) and the class embedding (normalised), concatenated, through FC layers -> w."""
+    """z (normalised) and the class embedding (normalised), concatenated, through FC layers -> w,
+    each with learning-rate multiplier lr_mul."""
 
-    def __init__(self, c):
+    def __init__(self, c, lr_mul=0.01):
         super().__init__()
         self.num_classes = c.num_classes
         self.embed = EqualLinear(c.num_classes, c.z_dim)
         self.fc = nn.Sequential(*[EqualLinear(2 * c.z_dim if i == 0 else c.z_dim, c.z_dim,
-                                              lr_mul=0.01, act=True)
+                                              lr_mul=lr_mul, act=True)
                                   for i in range(c.mapping_layers)])
 
     def forward(self, z, y):
@@ -249,9 +267,26 @@ class DBlock(nn.Module):
         return (skip + F.avg_pool2d(self.conv1(self.conv0(x)), 2)) / math.sqrt(2)
 
 
+class ClassMapping(nn.Sequential):
+    """StyleGAN2-ADA's mapping of D's label: the one-hot class embedded, normalised, then `layers`
+    FC layers with learning rate x 0.01, to the vector D projects its features on."""
+
+    def __init__(self, num_classes, dim, layers):
+        super().__init__(EqualLinear(num_classes, dim), Normalize(),
+                         *[EqualLinear(dim, dim, lr_mul=0.01, act=True) for _ in range(layers)])
+
+
+class Normalize(nn.Module):
+    """normalize_2nd_moment as a layer."""
+
+    def forward(self, x):
+        return normalize_2nd_moment(x)
+
+
 class Discriminator(nn.Module):
     """fromRGB, residual blocks down to 4x4, minibatch std, conv, FC, and projection conditioning:
-    the score is <features, embedding of the class> / sqrt(dim) (Miyato & Koyama 2018)."""
+    the score is <features, cmap(class)> / sqrt(dim) (Miyato & Koyama 2018), cmap StyleGAN2-ADA's
+    ClassMapping (d_mapping_layers > 0) or one linear embedding."""
 
     def __init__(self, c):
         super().__init__()
@@ -265,7 +300,8 @@ class Discriminator(nn.Module):
         self.conv = EqualConv2d(ch(4) + 1, ch(4), 3)
         self.fc = EqualLinear(ch(4) * 16, ch(4), act=True)
         self.out = EqualLinear(ch(4), ch(4))
-        self.cmap = EqualLinear(c.num_classes, ch(4))
+        self.cmap = (ClassMapping(c.num_classes, ch(4), c.d_mapping_layers) if c.d_mapping_layers
+                     else EqualLinear(c.num_classes, ch(4)))
         self.num_classes = c.num_classes
 
     def features(self, x):
@@ -322,11 +358,12 @@ class StyleGAN2(M.Method):
     The conditional StyleGAN below and the unconditional GANformer (ganformer.py) bring their own
     G and D, and latents(y): what G.synthesis takes for fakes of labels y; neither inherits the
     other's use of the generator (PhenEx translation is StyleGAN's alone)."""
-    LOG = ("g_adv", "d_adv", "r1", "lr")
+    LOG = ("g_adv", "d_adv", "r1", "augment_p", "lr")
     R1_EVERY = 16  # lazy regularisation
+    ADA_INTERVAL = 4  # steps between adjustments of p, as StyleGAN2-ADA
     NETS = ("G", "D", "G_ema")
 
-    def __init__(self, config, G, D, device, options):
+    def __init__(self, config, G, D, device, options, ada_target=0.0, ada_kimg=500.0):
         self.config, self.options = config, self.check_options(options)
         self.G, self.D = G.to(device), D.to(device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
@@ -334,6 +371,9 @@ class StyleGAN2(M.Method):
         self.optimizer_g = torch.optim.Adam(self.G.parameters(), config.lr, (0.0, 0.99))
         self.optimizer_d = torch.optim.Adam(self.D.parameters(), config.lr * ratio,
                                             (0.0, 0.99 ** ratio))
+        self.ada = (ada_target, ada_kimg)
+        self.augment_p = 0.0 if ada_target else config.augment  # ADA starts without augmentation
+        self.ada_stats = [0.0, 0.0]  # since the last adjustment: sum of sign D(real), images
 
     def train_step(self, batch, step):
         """A generator step, then a discriminator step (with R1 every R1_EVERY-th step); the
@@ -348,22 +388,25 @@ class StyleGAN2(M.Method):
         M.update_ema(self.G_ema, self.G, M.ema_decay(step, c.ema_decay))
         with torch.no_grad():
             fake = self.G.synthesis(self.latents(y))
+        p = self.augment_p  # what this step's D saw
         d_adv, r1 = self.discriminator_step(x, y, fake, step)
         values = torch.stack([g_adv, d_adv, r1]).detach().tolist()
-        return {**dict(zip(self.LOG, values)), "lr": c.lr}
+        return {**dict(zip(self.LOG, values)), "augment_p": p, "lr": c.lr}
 
     def adversarial(self, fake, y):
         """G's non-saturating loss on fakes of labels y; D is frozen for it."""
         self.D.requires_grad_(False)
-        return adversarial_loss("ns", self.D(augment(fake, self.config.augment), y), True)
+        return adversarial_loss("ns", self.D(augment(fake, self.augment_p), y), True)
 
     def discriminator_step(self, x, y, fake, step):
-        """One step of D on real x against fakes, with lazy R1; returns (its loss, R1)."""
-        c = self.config
+        """One step of D on real x against fakes, with lazy R1, then ADA's update of p; returns
+        (its loss, R1)."""
+        c, p = self.config, self.augment_p
         self.D.requires_grad_(True)
         real = x.detach().requires_grad_(step % self.R1_EVERY == 0)
-        real_score = self.D(augment(real, c.augment), y)
-        d_adv = (adversarial_loss("ns", self.D(augment(fake.detach(), c.augment), y), False)
+        real_score = self.D(augment(real, p), y)
+        self.adapt_augment(real_score, step)
+        d_adv = (adversarial_loss("ns", self.D(augment(fake.detach(), p), y), False)
                  + adversarial_loss("ns", real_score, True))
         r1 = torch.zeros((), device=x.device)
         if real.requires_grad:  # R1: the squared gradient norm of D on real images
@@ -375,13 +418,33 @@ class StyleGAN2(M.Method):
         self.optimizer_d.step()
         return d_adv, r1
 
+    @torch.no_grad()
+    def adapt_augment(self, real_score, step):
+        """ADA (Karras et al. 2020): r_t = E[sign D(real)] over the last ADA_INTERVAL steps and
+        every process's images; p moves by sign(r_t - target) x images / (ada_kimg x 1000), never
+        below 0, so that D's overfitting (r_t near 1) is met with more augmentation. Nothing
+        without a target."""
+        target, kimg = self.ada
+        if not target:
+            return
+        local = torch.stack([real_score.sign().sum(), real_score.new_tensor(len(real_score))])
+        total = M.mean_over_processes(local.float()) * M.world_size()
+        self.ada_stats = [a + b for a, b in zip(self.ada_stats, total.tolist())]
+        if (step + 1) % self.ADA_INTERVAL == 0:
+            signs, images = self.ada_stats
+            r_t = signs / images
+            self.augment_p = max(0.0, self.augment_p + ((r_t > target) - (r_t < target))
+                                 * images / (kimg * 1000))
+            self.ada_stats = [0.0, 0.0]
+
     def generator(self):
         return self.G_ema if self.options["ema"] else self.G.eval()
 
     def state_dict(self):
         return {**{n: getattr(self, n).state_dict() for n in self.NETS},
                 "optimizer_g": self.optimizer_g.state_dict(),
-                "optimizer_d": self.optimizer_d.state_dict()}
+                "optimizer_d": self.optimizer_d.state_dict(), "augment_p": self.augment_p,
+                "ada_stats": list(self.ada_stats)}
 
     def load_state_dict(self, state):
         for n in self.NETS:
@@ -389,6 +452,8 @@ class StyleGAN2(M.Method):
         for n in ("optimizer_g", "optimizer_d"):
             if n in state:
                 getattr(self, n).load_state_dict(state[n])
+        if "augment_p" in state:  # checkpoints from before ADA: p as configured
+            self.augment_p, self.ada_stats = state["augment_p"], list(state["ada_stats"])
 
 
 class StyleGAN(StyleGAN2):
@@ -400,7 +465,8 @@ class StyleGAN(StyleGAN2):
     EVAL_OPTIONS = {"projection_steps": 100, "w_avg_samples": 1000}  # train.py's grids: quick
 
     def __init__(self, config, device="cpu", **options):
-        super().__init__(config, Generator(config), Discriminator(config), device, options)
+        super().__init__(config, Generator(config), Discriminator(config), device, options,
+                         config.ada_target, config.ada_kimg)
         self.means = None  # class-mean w's, computed when first needed
 
     def check_options(self, options):

@@ -1,5 +1,6 @@
-"""StyleALAE: the latent reconstruction loss, which networks each step of Algorithm 1 trains,
-translation by the class-mean shift of the codes, and exact resume."""
+"""StyleALAE: the latent reconstruction loss, which networks each step of Algorithm 1 trains and
+with which Adam states (ALAE's code: two), its linear latent discriminator, translation by the
+class-mean shift of the codes, and exact resume."""
 import io
 
 import pytest
@@ -28,17 +29,21 @@ def ds():
         ["DMSO", "latrunculin_b_1uM", "latrunculin_b_10uM"])
 
 
-def tiny(seed=0):
+def tiny(seed=0, **overrides):
     torch.manual_seed(seed)
-    return ALAE(ALAEConfig.preset("tiny", image_size=16, in_channels=3, num_classes=3, steps=4))
+    return ALAE(ALAEConfig.preset("tiny", image_size=16, in_channels=3, num_classes=3, steps=4,
+                                  **overrides))
 
 
-def test_each_step_trains_its_own_two_networks_only(ds):
-    net, x = tiny(), ds.images[:8]
+@pytest.mark.parametrize("optimizers, step_iii", [(2, "EGF"), (3, "EG")])
+def test_each_step_trains_its_own_networks_only(ds, optimizers, step_iii):
+    """Steps I and II as Algorithm 1; step III trains E and G, and F too with ALAE's two Adam
+    states (its code steps the (F, G) optimizer there, and F(z) feeds G; the target is fixed)."""
+    net, x = tiny(optimizers=optimizers), ds.images[:8]
     z = lambda: torch.randn(8, net.config.z_dim)  # noqa: E731
     nets = {n: getattr(net, n) for n in "FGED"}
     for run, trained in ((lambda: net.d_step(x, z()), "DE"), (lambda: net.g_step(z()), "FG"),
-                         (lambda: net.latent_step(z(), x), "EG")):
+                         (lambda: net.latent_step(z(), x), step_iii)):
         for m in nets.values():
             m.zero_grad(set_to_none=True)
         before = {n: [p.clone() for p in m.parameters()] for n, m in nets.items()}
@@ -51,8 +56,30 @@ def test_each_step_trains_its_own_two_networks_only(ds):
         assert all(p.requires_grad for m in nets.values() for p in m.parameters())
 
 
+@pytest.mark.parametrize("optimizers, steps_of_e", [(2, [2]), (3, [1, 1])])
+def test_two_adam_states_carry_each_networks_moments_across_steps(ds, optimizers, steps_of_e):
+    """ALAE's code: E's Adam moments are one state, updated in step I and again in step III;
+    Algorithm 1 read as three optimizers gives E a state per step."""
+    net = tiny(optimizers=optimizers)
+    net.train_step((ds.images[:8], ds.labels[:8]), 0)
+    e = next(net.E.parameters())
+    counts = [int(getattr(net, o).state[e]["step"]) for o in net.optimizers
+              if e in getattr(net, o).state]
+    assert counts == steps_of_e
+
+
+def test_latent_discriminator_is_affine_as_alaes(ds):
+    """ALAE's MappingD has no activations: D(a) + D(b) = D(a + b) + D(0); an MLP's is not."""
+    for linear in (True, False):
+        D = tiny(d_linear=linear).D
+        a, b = torch.randn(2, 4, D[0].weight.shape[1], generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            gap = (D(a) + D(b) - D(a + b) - D(torch.zeros_like(a))).abs().max().item()
+        assert (gap < 1e-5) == linear, (linear, gap)
+
+
 def test_pixel_term_is_off_as_published_and_reconstructs_when_on(ds):
-    """pixel_weight 0: step III is exactly the latent reconstruction step of Algorithm 1 (the same
+    """pixel_weight 0: step III is exactly the latent reconstruction step of ALAE's code (the same
     weights and random stream after it, bitwise). 50: G(E(x)) comes much nearer the real x than
     the latent step alone brings it."""
     x = ds.images[:8]
@@ -61,10 +88,11 @@ def test_pixel_term_is_off_as_published_and_reconstructs_when_on(ds):
     published.latent_step(torch.randn(8, published.config.z_dim), x)
     rng = torch.get_rng_state()
     torch.manual_seed(1)
-    by_hand.update(by_hand.optimizer_rec, latent_reconstruction_loss(
-        by_hand.F, by_hand.G, by_hand.E, torch.randn(8, by_hand.config.z_dim)))
+    by_hand.update(latent_reconstruction_loss(by_hand.F, by_hand.G, by_hand.E, torch.randn(
+        8, by_hand.config.z_dim), through_f=True), by_hand.optimizer_d, by_hand.optimizer_g)
     assert torch.equal(rng, torch.get_rng_state())
-    for a, b in zip(published.E.parameters(), by_hand.E.parameters()):
+    for a, b in zip([*published.E.parameters(), *published.F.parameters()],
+                    [*by_hand.E.parameters(), *by_hand.F.parameters()]):
         assert torch.equal(a, b)
     pixel = {}
     for weight in (0.0, 50.0):
@@ -127,6 +155,6 @@ def test_resume_is_bitwise(ds):
 
 def test_config_has_alaes_defaults_and_checks_its_fields():
     c = ALAEConfig.preset("cpu")
-    assert (c.r1_gamma, c.lr, c.image_size, c.style_mixing) == (10.0, 0.002, 32, 0.0)
+    assert (c.r1_gamma, c.r1_every, c.lr, c.image_size, c.style_mixing) == (10.0, 1, 0.002, 32, 0.9)
     with pytest.raises(ValueError, match="--d-layers"):
         ALAEConfig.preset("tiny", d_layers=0)

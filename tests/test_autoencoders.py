@@ -1,5 +1,6 @@
 """The second paper's autoencoders (VAE, BiGAN, DC-VAE): their losses against closed forms, BiGAN's
-pairs, translation by the class-mean shift of codes, and a VAE that learns."""
+pairs, DC-VAE's reference schedule, translation by the class-mean shift of codes, and a VAE that
+learns."""
 import math
 
 import pytest
@@ -7,9 +8,9 @@ import torch
 
 import data
 import train
-from baselines.autoencoders import (VAE, BiGAN, DCVAE, class_means, info_nce, joint_scores,
-                                    centred, kl_divergence, multiscale_info_nce,
+from baselines.autoencoders import (VAE, BiGAN, class_means, joint_scores, kl_divergence,
                                     reparameterise)
+from baselines.dcvae import DCVAE, centred, info_nce, multiscale_info_nce
 from tests.helpers import fails
 
 SHAPE = dict(image_size=16, in_channels=3, num_classes=3, steps=4)
@@ -73,6 +74,20 @@ def test_multiscale_info_nce_is_the_mean_over_scales():
                - math.log(32)) < 1e-6  # the queue's negatives count as the batch's do
 
 
+def test_info_nce_from_the_queue_alone_ignores_the_batchs_other_keys():
+    """DC-VAE's code (as MoCo): the positive against the queue only, log(1 + queue) when all are
+    alike, and the other rows of the batch's keys change nothing."""
+    q, k, queue = torch.ones(8, 4), torch.ones(8, 4), torch.ones(24, 4)
+    assert abs(info_nce(q, k, 0.1, queue, in_batch=False).item() - math.log(25)) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    q, k, queue = (torch.randn(n, 4, generator=g) for n in (8, 8, 24))
+    others = k.clone()
+    others[1:] = torch.randn(7, 4, generator=g)  # rows 1.. are others' keys for query 0
+    alone = [info_nce(q[:1], keys, 0.1, queue, in_batch=False) for keys in (k, others)]
+    batch = [info_nce(q[:1], keys, 0.1, queue) for keys in (k, others)]
+    assert torch.equal(alone[0], alone[1]) and not torch.equal(batch[0], batch[1])
+
+
 def test_dcvae_queue_is_a_ring_of_the_latest_keys():
     net = DCVAE(DCVAE.Config.preset("tiny", **SHAPE, queue=5, contrastive_dim=2))
     for start in (0, 3):  # 3 keys per batch: the second batch wraps around
@@ -96,9 +111,10 @@ def ds():
 def test_translation_moves_the_code_by_the_class_mean_difference(ds, cls):
     torch.manual_seed(0)
     net = cls(cls.Config.preset("tiny", **SHAPE))
-    for step in range(3):
+    for step in range(3):  # DC-VAE: E and G learn at step 0, D alone at steps 1 and 2
         values = net.train_step((ds.images[:8], ds.labels[:8]), step)
-        assert set(values) == set(cls.LOG) and all(math.isfinite(v) for v in values.values())
+        assert set(values) <= set(cls.LOG) and all(math.isfinite(v) for v in values.values())
+        assert (set(values) == set(cls.LOG)) == (cls is not DCVAE or step == 0)
     net.refresh(ds)
     torch.testing.assert_close(net.means, class_means(net.encode, ds.images, ds.labels, 3))
     x = ds.images[:4]
@@ -110,12 +126,13 @@ def test_translation_moves_the_code_by_the_class_mean_difference(ds, cls):
         assert not torch.allclose(moved[1], moved[0])
 
 
-def test_dcvae_embeddings_tell_real_images_apart_but_not_one_repeated_image():
-    """At initialisation the real images' centred embeddings already pick each image out of the
-    batch at both scales (uncentred, all pointed one way: InfoNCE = log(batch), and training sat
-    there for 1,200 steps). One image repeated with faint noise, centred by the real images' mean
-    as the reconstructions are, cannot: InfoNCE stays near log(batch) (centred by its own mean,
-    the noise alone told the copies apart, and the decoder learned to do just that)."""
+def test_dcvae_centred_embeddings_tell_real_images_apart_but_not_one_repeated_image():
+    """--centre (a departure): at initialisation the real images' centred embeddings already pick
+    each image out of the batch at both scales (uncentred, all pointed one way: InfoNCE =
+    log(batch), and training with in-batch negatives sat there for 1,200 steps). One image
+    repeated with faint noise, centred by the real images' mean as the reconstructions are,
+    cannot: InfoNCE stays near log(batch) (centred by its own mean, the noise alone told the
+    copies apart, and the decoder learned to do just that)."""
     torch.manual_seed(0)
     images = data.synthetic_dataset(n_per_class=16, image_size=32, seed=0,
                                     compounds=["latrunculin_b"]).images[:64]
@@ -176,13 +193,46 @@ def test_dcvae_pixel_term_reaches_encoder_and_generator(ds):
     for weight in (0.0, 50.0):
         torch.manual_seed(0)
         net = DCVAE(DCVAE.Config.preset("tiny", **SHAPE, pixel_weight=weight, kl_weight=0.0,
-                                        queue=0, contrastive_dim=2, lr=1e-3), ema=False)
+                                        queue=4, contrastive_dim=2, lr=1e-3, n_critic=1),
+                    ema=False)
         net.D, net.D_key = BlindDiscriminator(), BlindDiscriminator()
         net.optimizer_d = torch.optim.SGD(net.D.parameters(), lr=0.0)
         moved, mse = train_beside_a_blind_discriminator(net, ds.images[:8], ds.labels[:8], "mse")
         assert moved == (weight > 0)
         if weight:
             assert mse[-1] < 0.8 * mse[0]
+
+
+BEFORE_28 = dict(gan_loss="ns", n_critic=1, beta1=0.5, beta2=0.999, in_batch_negatives=True,
+                 centre=True, queue=20, kl_weight=1e-4, sample_factor=1)
+
+
+@pytest.mark.parametrize("flags, learns", [(dict(queue=20, n_critic=3), [0, 3]),
+                                           (BEFORE_28, [0, 1, 2, 3, 4])])
+def test_dcvae_reference_schedule(ds, flags, learns):
+    """DC-VAE's code: D's adversarial step at every step moves D (its logit) alone; at every
+    n_critic-th step, from the first on, E and G learn too, D's embeddings learn InfoNCE with
+    them (the contrastive step leaves the logit alone), D_key moves, the queue takes the keys and
+    the EMAs move. The flags of the recipe before #28 (n_critic 1): all of it at every step."""
+    torch.manual_seed(0)
+    net = DCVAE(DCVAE.Config.preset("tiny", **SHAPE, **flags))
+    x, y = ds.images[:8], ds.labels[:8]
+    nets = {"E": net.E, "G": net.G, "logit": net.D.logit, "embed": net.D.embed,
+            "D_key": net.D_key, "G_ema": net.G_ema}
+
+    def moved(run):
+        before = {n: [p.clone() for p in m.parameters()] for n, m in nets.items()}
+        at = int(net.queue_at)
+        run()
+        return {n for n, m in nets.items()
+                if any(not torch.equal(p, q) for p, q in zip(before[n], m.parameters()))} | (
+            {"queue"} if int(net.queue_at) != at else set())
+
+    steps = [moved(lambda: net.train_step((x, y), step)) for step in range(5)]
+    learner = {"E", "G", "logit", "embed", "D_key", "G_ema", "queue"}
+    assert steps == [learner if step in learns else {"logit"} for step in range(5)]
+    assert int(net.queue_at) == len(learns) * len(x) % 20  # the learning steps' keys
+    assert moved(lambda: net.contrastive_step(x)) == {"E", "G", "embed", "D_key", "queue"}
 
 
 def test_vae_encode_is_the_mean_of_the_posterior(ds):
@@ -219,4 +269,9 @@ def test_bad_settings_end_in_one_line(tmp_path):
         train.main, run + ["--method", "dcvae", "--image-size", "16", "--temperature", "nan"])
     assert "--pixel-weight must be a finite number >= 0" in fails(
         train.main, run + ["--method", "dcvae", "--image-size", "16", "--pixel-weight", "-1"])
+    assert "--queue 0 leaves InfoNCE without negatives" in fails(
+        train.main, run + ["--method", "dcvae", "--image-size", "16", "--queue", "0"])
+    assert "dcvae --centre needs 2 or more images per step" in fails(
+        train.main, run + ["--method", "dcvae", "--image-size", "16", "--centre",
+                           "--batch-size", "1", "--out", str(tmp_path / "c")])
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())

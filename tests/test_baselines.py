@@ -15,7 +15,7 @@ import method as M
 import phendiff
 import train
 from baselines.cyclegan import CycleGAN, CycleGANConfig
-from baselines.gan import ImagePool, adversarial_loss, gradient_penalty
+from baselines.gan import ImagePool, adversarial_loss, generator_loss, gradient_penalty
 from baselines.stargan import StarGAN, StarGANConfig
 from tests.helpers import fails, write_images
 
@@ -52,8 +52,13 @@ def test_adversarial_losses_closed_forms():
             and adversarial_loss("wgan", z, False).item() == 1)
     expected = (np.log(2) + np.log1p(np.exp(-2))) / 2  # -log sigmoid(z), averaged
     assert adversarial_loss("ns", z, True).item() == pytest.approx(expected, rel=1e-6)
-    with pytest.raises(ValueError, match="unknown GAN loss 'hinge'"):
-        adversarial_loss("hinge", z, True)
+    z = torch.tensor([-2.0, 0.5, 3.0])  # hinge: D's margins of 1 on each side, G's raw score
+    assert adversarial_loss("hinge", z, True).item() == pytest.approx((3 + 0.5 + 0) / 3)
+    assert adversarial_loss("hinge", z, False).item() == pytest.approx((0 + 1.5 + 4) / 3)
+    assert generator_loss("hinge", z).item() == pytest.approx(-1.5 / 3)
+    assert generator_loss("ns", z).item() == adversarial_loss("ns", z, True).item()
+    with pytest.raises(ValueError, match="unknown GAN loss 'hinged'"):
+        adversarial_loss("hinged", z, True)
 
 
 def test_image_pool_mixes_old_fakes_and_restores():

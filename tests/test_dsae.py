@@ -6,6 +6,7 @@ import torch
 import data
 import method as M
 import train
+from baselines import stylegan
 from baselines.autoencoders import class_means
 from baselines.dino import DINO, DINOConfig
 from baselines.dsae import DSAE, DSAEConfig, feature_cycle_loss, ridge_fit
@@ -117,6 +118,23 @@ def test_fine_tuning_lowers_the_feature_cycle_loss_and_resumes_bitwise(parts):
     with torch.no_grad():
         after = feature_cycle_loss(copy.E, batch[0], copy.decode)[0].item()
     assert after < before
+
+
+def test_decoding_pairs_the_generators_ema_with_taus(parts):
+    """The paper decodes with EMA weights: after fine-tuning, decode is G_ema(tau_ema(f)), tau's
+    EMA apart from tau; a checkpoint from before tau had an EMA decodes with its raw tau."""
+    ds, _, _ = parts
+    net = assembled(parts, lr=0.005)
+    for step in range(3):
+        net.train_step((ds.images[:8], ds.labels[:8]), step)
+    f = net.encode(ds.images[:3])
+    noise = stylegan.fixed_noise(net.G_ema.synthesis, 3, "cpu")
+    assert not torch.equal(net.tau_ema.weight, net.tau.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(net.decode(f), net.G_ema(net.tau_ema(f), noise))
+    before = DSAE(net.config)
+    before.load_state_dict({k: v for k, v in net.state_dict().items() if k != "tau_ema"})
+    assert torch.equal(before.tau_ema.weight, net.tau.weight)
 
 
 def test_parts_that_do_not_fit_are_one_line(parts, tmp_path):

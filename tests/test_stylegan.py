@@ -1,5 +1,6 @@
 """The conditional StyleGAN2 and PhenEx projection: modulation statistics, equalised learning rate,
-projection of the generator's own images against real ones, W+ against W, the class-mean shift."""
+StyleGAN2-ADA's class mapping in D and adaptive augmentation, projection of the generator's own
+images against real ones, W+ against W, the class-mean shift."""
 import math
 
 import pytest
@@ -8,8 +9,8 @@ import torch.nn.functional as F
 
 import phendiff
 from baselines import phenex
-from baselines.stylegan import (EqualLinear, ModulatedConv2d, StyleGAN, StyleGANConfig,
-                                augment)
+from baselines.stylegan import (Discriminator, EqualLinear, ModulatedConv2d, StyleGAN,
+                                StyleGANConfig, augment)
 from tests.helpers import fails
 
 
@@ -34,6 +35,41 @@ def test_equalised_learning_rate_scales_at_run_time():
     torch.testing.assert_close(layer(x), expected)
     assert layer.weight.std().item() == pytest.approx(100, rel=0.2)  # stored as N(0, 1 / lr_mul)
     torch.testing.assert_close(layer.bias * 0.01, torch.ones(7))
+
+
+def test_class_mapping_normalises_the_embedding_as_stylegan2_ada():
+    """D's class vector goes through an embedding normalised to unit second moment (StyleGAN2-ADA's
+    mapping), so scaling the embedding changes nothing; D's one linear embedding (before #28)
+    scales with it."""
+    x, y = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0])
+    for layers in (8, 0):
+        torch.manual_seed(0)
+        D = Discriminator(StyleGANConfig.preset("tiny", image_size=16, num_classes=3,
+                                                d_mapping_layers=layers))
+        with torch.no_grad():
+            before = D(x, y)
+            embed = D.cmap[0] if layers else D.cmap
+            embed.weight.mul_(3), embed.bias.mul_(3)
+            assert torch.allclose(D(x, y), before, atol=1e-5) == bool(layers)
+
+
+def test_ada_moves_p_towards_the_target_by_the_images_seen():
+    """StyleGAN2-ADA's rule: every 4 steps, p += sign(r_t - 0.6) x images / (ada_kimg x 1000),
+    r_t the mean sign of D on real images over those steps; p never below 0; presets start at 0."""
+    net = StyleGAN(StyleGANConfig.preset("tiny", image_size=16, num_classes=3, ada_kimg=0.1))
+    assert net.augment_p == 0.0 and net.ada == (0.6, 0.1)
+    sure, unsure = torch.ones(5, 1), torch.tensor([[1.0], [1], [1], [-1], [-1]])  # r_t 1, 0.2
+    for step in range(3):  # nothing moves between adjustments
+        net.adapt_augment(sure, step)
+        assert net.augment_p == 0.0
+    net.adapt_augment(sure, 3)
+    assert net.augment_p == pytest.approx(20 / 100)  # 4 steps of 5 images, 100 images per unit
+    for step in range(4, 12):  # r_t 0.2 < 0.6: down by 0.2, then held at 0
+        net.adapt_augment(unsure, step)
+    assert net.augment_p == 0.0
+    fixed = StyleGAN(StyleGANConfig.preset("tiny", image_size=16, num_classes=3, ada_target=0))
+    fixed.adapt_augment(sure, 3)
+    assert fixed.augment_p == fixed.config.augment == 0.5
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +123,7 @@ def test_truncation_pulls_samples_to_the_class_mean(net):
 def test_training_step_and_augmentation(net):
     x, y = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0])
     values = net.train_step((x, y), 0)  # step 0: with R1
-    assert set(values) == {"g_adv", "d_adv", "r1", "lr"} and values["r1"] > 0
+    assert set(values) == {"g_adv", "d_adv", "r1", "augment_p", "lr"} and values["r1"] > 0
     assert all(math.isfinite(v) for v in values.values())
     assert torch.equal(augment(x, 0.0), x)
     moved = augment(x, 1.0, torch.Generator().manual_seed(0))

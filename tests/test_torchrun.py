@@ -35,7 +35,7 @@ RUNS = [("phendiff", 2, UNET + ["--grad-accum", "2"]),
         ("ganformer", 2, []),
         ("dsae", 2, []),  # on the two runs above
         ("vae", 1, []), ("bigan", 2, []), ("alae", 1, []),
-        ("dcvae", 1, ["--queue", "6"])]  # a ring that wraps within the run
+        ("dcvae", 1, ["--queue", "3", "--n-critic", "2"])]  # a ring that wraps within the run
 
 
 def worker(folder):
