@@ -7,9 +7,11 @@ import torch.nn.functional as F
 
 import ddim
 import method as M
+import phendiff
 import train
+from data import ImageDataset
 from model import ResBlock, Upsample, UNet, UNetConfig
-from tests.helpers import fails
+from tests.helpers import fails, write_images
 from tests.test_model import inputs, randomise_
 from tools import bench, gpu_bench
 
@@ -137,6 +139,20 @@ def test_train_says_which_precision_ran_and_refuses_one_the_method_lacks(tmp_pat
     line = fails(train.main, ["--method", "dino", "--precision", "bf16", "--out",
                               str(tmp_path / "d")])
     assert "dino trains in fp32 only" in line
+
+
+def test_translate_says_which_precision_ran(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = phendiff.PhenDiff(phendiff.PhenDiffConfig.preset("tiny", image_size=16, num_classes=2))
+    ds = ImageDataset(torch.zeros(1, 3, 16, 16), torch.zeros(1), ["DMSO", "taxol_1uM"],
+                      ["actin", "tubulin", "dna"], {"low": [0.0] * 3, "high": [1.0] * 3})
+    M.save_checkpoint(M.make_checkpoint(net, ds, 0, {}), tmp_path / "c.pt")
+    inp = write_images(tmp_path / "in", n=1)
+    for choice, said in (("fp32", "; fp32 (requested)"), ("bf16", "; bf16 autocast (requested")):
+        phendiff.main(["translate", "--ckpt", str(tmp_path / "c.pt"), "--input", str(inp),
+                       "--source", "DMSO", "--target", "taxol_1uM", "--ddim-steps", "2",
+                       "--precision", choice, "--out", str(tmp_path / choice)])
+        assert said in capsys.readouterr().out
 
 
 def test_the_bench_runs_at_tiny_scale(capsys):
