@@ -161,6 +161,10 @@ def test_the_bench_runs_at_tiny_scale(capsys):
     out = capsys.readouterr().out
     assert "| train | 1 | contiguous | bf16 |" in out and "ours bf16 / ours fp32" in out
     assert torch.get_num_threads() == 1
+    bench.main(["--profile", "--preset", "tiny", "--translate-preset", "tiny", "--batch", "2",
+                "--images", "2", "--ddim-steps", "1", "--threads", "1", "--layouts",
+                "contiguous", "--precisions", "fp32"])
+    assert "translate 1 contiguous fp32:" in capsys.readouterr().out
 
 
 def test_the_gpu_script_runs_at_tiny_scale_on_the_cpu(capsys):

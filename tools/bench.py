@@ -5,6 +5,7 @@ fp32 and bf16 autocast, contiguous and channels_last, on one and two threads.
 
     python tools/bench.py              # small preset training, demo-model translation (~10 min)
     python tools/bench.py --threads 1 --rounds 5
+    python tools/bench.py --profile --threads 1   # where ours spends the time, by operator
     python -m pip install diffusers    # for the comparison; never a dependency of the project
 
 Every configuration runs once to warm up, then in interleaved rounds (the two networks back to back,
@@ -221,7 +222,39 @@ def report(args, found, times, impls):
                 print(line)
 
 
+# convolutions, and the other dense kernels (matrix products, attention), by profiler name
+CONVOLUTION = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+               "aten::convolution", "aten::conv2d", "aten::_slow_conv2d_forward",
+               "aten::_slow_conv2d_backward")
+DENSE = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+         "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def profile(args):
+    """Where the time of ours goes (torch.profiler, self time by operator, two calls each): the
+    share of convolutions, of all dense kernels, and the largest other operators."""
+    from torch.profiler import ProfilerActivity
+    torch.set_num_threads(args.threads[0])
+    found = cases(args, ["ours"])
+    for key in sorted(k for k in found if k[1] == args.threads[0]):
+        run, _ = found[key]
+        run()  # warm-up
+        with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(), run()
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in ops)
+        conv = sum(e.self_cpu_time_total for e in ops if e.key in CONVOLUTION) / total
+        dense = conv + sum(e.self_cpu_time_total for e in ops if e.key in DENSE) / total
+        rest = ", ".join(f"{e.key.removeprefix('aten::')} {e.self_cpu_time_total / total:.1%}"
+                         for e in ops if e.key not in CONVOLUTION + DENSE)
+        print(f"{' '.join(map(str, key[:4]))}: {total / 2e6:.3f} s per call; convolutions "
+              f"{conv:.1%}, + matrix products and attention {dense:.1%}; the rest "
+              f"{1 - dense:.1%}: {rest[:300]}")
+
+
 def run(args):
+    if args.profile:
+        return profile(args)
     impls = ["ours"] + (["diffusers"] if "diffusers" in args.impl and diffusers_available() else [])
     if "diffusers" in args.impl and len(impls) == 1:
         print(f"diffusers is not installed: timing this UNet alone. For the comparison: {INSTALL}")
@@ -266,6 +299,7 @@ def get_parser():
     a("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     a("--impl", nargs="+", default=["ours", "diffusers"], choices=["ours", "diffusers"],
       help="networks to time (diffusers when installed)")
+    a("--profile", action="store_true", help="ours on the first --threads: where the time goes")
     return p
 
 

@@ -1,8 +1,9 @@
-"""The GPU numbers in one command (about 5 minutes on an H100): the paper preset's training
-throughput (bf16 autocast, TF32, channels_last, fused AdamW; eager and torch.compile), its model FLOP
-utilisation and peak memory, and the time to translate 64 images to the 8 doses of a compound with
-100 DDIM steps each way, extrapolated to the paper's 1,000 images; diffusers' UNet2DModel at the
-same configuration beside it when installed (tools/bench.py builds both; compiled: ours only).
+"""The GPU numbers in one command: the paper preset's training throughput (bf16 autocast, TF32,
+channels_last, fused AdamW; eager and torch.compile), its model FLOP utilisation and peak memory,
+and the time to translate 64 images to the 8 doses of a compound with 100 DDIM steps each way,
+extrapolated to the paper's 1,000 images; diffusers' UNet2DModel at the same configuration beside
+it when installed (tools/bench.py builds both; compiled: ours only). Sized by its FLOPs to finish
+within 8 minutes on an H100 (no GPU has run it yet: an estimate).
 
     python tools/gpu_bench.py                        # paper preset, batch 32, on the GPU
     python tools/gpu_bench.py --no-compile --no-diffusers
@@ -147,6 +148,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.doses >= 25:
         p.error(f"--doses {args.doses}: the benchmark's model has 25 classes; at most 24 targets")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no GPU is visible; --device cpu checks the script")
     if not args.device.startswith("cuda"):
         print("no GPU: CPU numbers, for checking the script (not for the docs)")
     try:
