@@ -54,7 +54,8 @@ TRAIN = {
             "ganformer": "--batch-size 32 --steps 1000",
             "dsae": "--batch-size 32 --steps 300 --encoder {dino} --decoder {ganformer}",
             "vae": "--batch-size 64 --steps 3000", "bigan": "--batch-size 64 --steps 2000",
-            "alae": "--batch-size 16 --steps 1000", "dcvae": "--batch-size 64 --steps 2000"},
+            "alae": "--batch-size 16 --steps 1000",
+            "dcvae": "--batch-size 64 --steps 5000"},  # 5 D steps per E/G step: 1,000 of E/G
     "paper": {"phendiff": "--batch-size 32 --steps 100000",
               "stargan": "--batch-size 16 --steps 200000",
               "cyclegan": "--batch-size 1 --steps 200000 --pairs DMSO:all",
