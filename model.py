@@ -154,8 +154,8 @@ class SelfAttention(nn.Module):
         # slower path
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, HW, hd)
         if q.is_cpu and q.dtype == torch.bfloat16:
-            # the CPU's bf16 attention backward runs 2-6x slower than its float32 one (at 16x4x64x32:
-            # 6x), so under autocast attention stays float32 there; its output returns to bf16
+            # the CPU's bf16 attention backward runs 1.7-6x slower than its float32 one (6x at
+            # 16x4x64x32), so under autocast attention stays float32 there; output back to bf16
             with torch.autocast("cpu", enabled=False):
                 h = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
         else:

@@ -226,7 +226,8 @@ def report(args, found, times, impls):
 CONVOLUTION = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
                "aten::convolution", "aten::conv2d", "aten::_slow_conv2d_forward",
                "aten::_slow_conv2d_backward")
-DENSE = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+DENSE = ("aten::mm", "aten::addmm", "aten::bmm",
+         "aten::_scaled_dot_product_flash_attention_for_cpu",
          "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
