@@ -15,6 +15,7 @@ of cell features to the truth beside PSNR.
 """
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -131,14 +132,17 @@ def cmd_ceiling(a):
     config = CeilingConfig(compounds=tuple(a.compounds or ()), image_size=a.image_size,
                            n_per_class=a.n_per_class, seed=a.seed, steps=a.steps,
                            batch_size=a.batch_size)
+    t0 = time.perf_counter()
     net, classes, log = train(config, a.device)
+    minutes = (time.perf_counter() - t0) / 60
     save(folder / "ceiling.pt", net, classes, config)
     rows = score(net, config, classes, a.eval_n, a.eval_seed)
     files.write_csv(folder / "ceiling.csv", ["class", "psnr_regression", "psnr_nothing"], rows)
     lines = [f"A conditional UNet ({sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
              f"parameters) trained by MSE on paired synthetic fields ({config.n_per_class} per "
              f"class, seed {config.seed}, {config.image_size} px, {config.steps} steps of "
-             f"{config.batch_size}; final loss {sum(log[-50:]) / len(log[-50:]):.2e}), scored on "
+             f"{config.batch_size}, {minutes:.1f} min; final loss "
+             f"{sum(log[-50:]) / len(log[-50:]):.2e}), scored on "
              f"{a.eval_n} held-out paired fields (seed {a.eval_seed}): PSNR to the truth of its "
              "answer and of doing nothing.", "",
              *report.md_table(["class", "paired regression (dB)", "doing nothing (dB)"],
