@@ -161,7 +161,10 @@ def counterfactual(rows, path):
         ax.set_xlabel("target concentration (µM)", fontsize=8)
         ax.set_ylabel(label, fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    labelled = [a for a in axes if a.get_legend_handles_labels()[0]]
+    if labelled:  # none where floor and ceiling never differ enough
+        axes[1].legend(*labelled[-1].get_legend_handles_labels(), fontsize=6, loc="upper left",
+                       bbox_to_anchor=(1.01, 1))
     return _save(fig, path, dpi=100)
 
 
@@ -379,5 +382,8 @@ def gap_closed(rows, path, min_gap=(0.5, 0.05)):
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("share of the gap closed, PSNR", fontsize=8)
     axes[1].set_ylabel("share of the gap closed, feature distance", fontsize=8)
-    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    labelled = [a for a in axes if a.get_legend_handles_labels()[0]]
+    if labelled:  # none where floor and ceiling never differ enough
+        axes[1].legend(*labelled[-1].get_legend_handles_labels(), fontsize=6, loc="upper left",
+                       bbox_to_anchor=(1.01, 1))
     return _save(fig, path, dpi=100)

@@ -254,6 +254,11 @@ def fig4_rows(outputs, targets, classes, real_cells, cells, scale):
     return rows, fig4 if groups else {}
 
 
+def _mean(v):
+    """The mean of the finite values; nan, without a warning, where none is (no Golgi found)."""
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else np.nan
+
+
 def golgi_tests(outputs, classes, real_cells, cells, names, first):
     """Fig. 2b: each Golgi feature, real control against real treated (Welch's t-test: other
     images) and against each method's translations of the control inputs (a paired t-test:
@@ -270,7 +275,7 @@ def golgi_tests(outputs, classes, real_cells, cells, names, first):
                 (m, cells(f"{m}_{top}")[:, j], cells("input")[:, j], True) for m in outputs]:
             t, p, effect, lo, hi = compare(v, base, paired)
             rows.append([f, src, "paired t" if paired else "Welch t", int(np.isfinite(base).sum()),
-                         int(np.isfinite(v).sum()), np.nanmean(base), np.nanmean(v), t, p, np.nan,
+                         int(np.isfinite(v).sum()), _mean(base), _mean(v), t, p, np.nan,
                          effect, lo, hi])
             if f == first:
                 boxes += [] if boxes else [(f"real\n{classes[0]}", base[np.isfinite(base)])]
