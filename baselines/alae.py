@@ -223,14 +223,14 @@ class ALAE(LatentShift):
             grad, = torch.autograd.grad(real_score.sum(), real, create_graph=True)
             r1 = grad.square().sum((1, 2, 3)).mean()
         c = self.config
-        self.update(loss + c.r1_gamma / 2 * c.r1_every * r1, self.optimizer_d)
+        M.adam_step(loss + c.r1_gamma / 2 * c.r1_every * r1, self.optimizer_d)
         return loss.detach(), r1.detach()
 
     def g_step(self, z):
         """Step II: F and G make D(E(fake)) say real; E and D frozen for it."""
         self.E.requires_grad_(False), self.D.requires_grad_(False)
         loss = adversarial_loss("ns", self.D(self.E(self.fakes(z))), True)
-        self.update(loss, self.optimizer_g)
+        M.adam_step(loss, self.optimizer_g)
         self.E.requires_grad_(True), self.D.requires_grad_(True)
         return loss.detach()
 
@@ -245,18 +245,8 @@ class ALAE(LatentShift):
             noise = stylegan.fixed_noise(self.G, len(x), x.device)
             pixel = (self.G(self.E(x), noise) - x).square().mean()
         optimizers = (self.optimizer_d, self.optimizer_g) if two else (self.optimizer_rec,)
-        self.update(loss + self.config.pixel_weight * pixel, *optimizers)
+        M.adam_step(loss + self.config.pixel_weight * pixel, *optimizers)
         return loss.detach(), pixel.detach()
-
-    def update(self, loss, *optimizers):
-        """One Adam step of each optimizer's networks on loss, gradients averaged over processes
-        (a network the loss does not reach has no gradient and is left alone)."""
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        M.average_gradients([p for o in optimizers for g in o.param_groups for p in g["params"]])
-        for o in optimizers:
-            o.step()
 
     @torch.no_grad()
     def encode(self, x):

@@ -178,7 +178,7 @@ class DCVAE(Autoencoder):
         real_s, rec_s, smp_s = (self.D(v)[0] for v in (x, recon, sample))
         loss = adversarial_loss(kind, real_s, True) + 0.5 * (
             adversarial_loss(kind, rec_s, False) + adversarial_loss(kind, smp_s, False))
-        self.update(loss, self.optimizer_d)
+        M.adam_step(loss, self.optimizer_d)
         return loss.item()
 
     def adversarial_step(self, x):
@@ -193,7 +193,7 @@ class DCVAE(Autoencoder):
         kl = kl_divergence(mu, logvar).mean()
         with torch.set_grad_enabled(c.pixel_weight > 0):
             mse = (recon - x).square().mean()
-        self.update(g_adv + c.kl_weight * kl + c.pixel_weight * mse, self.optimizer)
+        M.adam_step(g_adv + c.kl_weight * kl + c.pixel_weight * mse, self.optimizer)
         self.D.requires_grad_(True)
         return {"g_adv": g_adv.item(), "kl": kl.item(), "mse": mse.item()}
 
@@ -217,20 +217,10 @@ class DCVAE(Autoencoder):
         nce = multiscale_info_nce(queries, keys, c.temperature, negatives, first,
                                   c.in_batch_negatives)
         kl = kl_divergence(mu, logvar).mean()
-        self.update(c.contrastive_weight * nce + c.kl_weight * kl, self.optimizer,
+        M.adam_step(c.contrastive_weight * nce + c.kl_weight * kl, self.optimizer,
                     self.optimizer_d)
         self.enqueue(keys)
         return nce.item()
-
-    def update(self, loss, *optimizers):
-        """One Adam step of each optimizer's networks on loss, gradients averaged over processes
-        (a network the loss does not reach has no gradient and is left alone)."""
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        M.average_gradients([p for o in optimizers for g in o.param_groups for p in g["params"]])
-        for o in optimizers:
-            o.step()
 
     def check_batch(self, batch_size, world):
         if self.config.centre and batch_size * world < 2:

@@ -1,9 +1,11 @@
-"""What several test files share: a command that must fail in one line, and images on disk."""
+"""What several test files share: a command that must fail in one line, images on disk, and
+the bit-for-bit comparison of two saved states."""
 import contextlib
 import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -31,3 +33,12 @@ def write_images(folder, n=3, size=16, channels=3):
         img = rng.integers(0, 255, (size, size, channels), dtype=np.uint8)
         Image.fromarray(img.squeeze()).save(folder / f"cell_{i}.png")
     return folder
+
+
+def same(a, b):
+    """Two saved states (nested dicts, lists, tensors, numbers) equal bit for bit."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(u, v) for u, v in zip(a, b))
+    return torch.equal(a, b) if torch.is_tensor(a) else a == b

@@ -17,7 +17,7 @@ import train
 from baselines.cyclegan import CycleGAN, CycleGANConfig
 from baselines.gan import ImagePool, adversarial_loss, generator_loss, gradient_penalty
 from baselines.stargan import StarGAN, StarGANConfig
-from tests.helpers import fails, write_images
+from tests.helpers import fails, same, write_images
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ["--data", "synthetic", "--compounds", "latrunculin_b", "--n-per-class", "4",
@@ -176,14 +176,6 @@ def test_gan_resume_after_sigkill_is_bitwise_exact(tmp_path, name):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     resumed = M.load_method(train.main(["--out", str(tmp_path / "b"), "--resume"]))[1]
     assert resumed["step"] == whole["step"] == 7 and resumed["method"] == name
-
-    def same(a, b):
-        if isinstance(a, dict):
-            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-        if isinstance(a, (list, tuple)):
-            return len(a) == len(b) and all(same(u, v) for u, v in zip(a, b))
-        return torch.equal(a, b) if torch.is_tensor(a) else a == b
-
     assert same(whole["state"], resumed["state"])  # nets, EMA, optimizers and the image pools
 
 

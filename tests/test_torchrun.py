@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import method as M
+from tests.helpers import same
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 150  # seconds for the whole pair: a rank stuck in a collective fails the test, not CI
@@ -120,14 +121,6 @@ def run_pair(folder):
         log.close()
     assert all(p.returncode == 0 for p in procs), "\n".join(tails)
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
-
-
-def same(a, b):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(u, v) for u, v in zip(a, b))
-    return torch.equal(a, b) if torch.is_tensor(a) else a == b
 
 
 def test_every_method_trains_in_step_on_two_processes(tmp_path):
