@@ -110,3 +110,24 @@ def test_course_readme_shows_every_lab_and_the_grader_and_its_project_commands_p
     assert len(project) >= 3, project
     for command in project:
         assert not test_docs.parse(command), (command, test_docs.parse(command))
+
+
+def test_the_course_checkpoint_takes_guidance_and_the_demo_model_refuses_it():
+    """Lab 4's part 2: checkpoints/demo.pt never learnt the null label (p_uncond 0) and refuses
+    guidance; checkpoints/eps_lat9.pt is the paper's eps-prediction with label dropout, whose
+    conditional and null eps differ (guidance scales that difference)."""
+    import torch
+
+    import method
+    with pytest.raises(ValueError, match="label dropout"):
+        method.load_method(ROOT / "checkpoints" / "demo.pt", guidance=2.0)
+    model, ckpt = method.load_method(ROOT / "checkpoints" / "eps_lat9.pt", guidance=2.0)
+    assert ckpt["config"]["prediction"] == "eps" and ckpt["config"]["p_uncond"] == 0.1
+    net = model.net()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500, 500])
+    y = torch.full((2,), ckpt["classes"].index("latrunculin_b_10uM"))
+    with torch.no_grad():
+        eps_y = net(x, t, y)
+        eps_null = net(x, t, torch.full_like(y, net.null_label))
+    assert (eps_y - eps_null).abs().mean() > 1e-3
