@@ -153,7 +153,8 @@ def reproduction(a, out, te, outputs, sec, recorded, paths, times, wall):
             lines += ["", "Each method between its floor and its ceiling: the share of the gap "
                       "from doing nothing to the paired regressor that it closes, in PSNR and in "
                       "feature distance (doses where the two differ by less than 0.5 dB or 0.05 "
-                      "are left out: no gap to close).", "", "![](counterfactual_gap.png)"]
+                      "are left out: no gap to close).", "", "![](counterfactual_gap.png)",
+                      *floor_ceiling_lines(sec["gains"], targets[-1])]
     lines += preservation_lines(sec["preservation"], targets[-1])
     lines += fig4_lines(sec) + fig2b_lines(sec, classes)
     if (out / "fig2" / "representation.md").exists():
@@ -280,6 +281,33 @@ def fig2b_lines(sec, classes):
                         f"{p:.2g}", f"{ph:.2g}", f"{e:+.2f} [{lo:+.2f}, {hi:+.2f}]"]
                        for f, s, test, n0, n1, ma, mb, t, p, ph, e, lo, hi in sec["fig2b"]]),
             "", "![](fig2b.png)"]
+
+
+def floor_ceiling_lines(rows, top):
+    """Each method read against its floor (doing nothing) and its ceiling at the top dose: its
+    gain with the paired interval, and the share of the ceiling's gain it reaches, on both axes."""
+    gains = {(r[0], r[1]): r for r in rows}
+    if ("ceiling", top) not in gains:
+        return []
+    c = gains["ceiling", top]
+    label = dose_labels([top])[0]
+
+    def read(g, lo, hi, ceiling, unit, fmt, min_gap):
+        verdict = ("beats doing nothing" if lo > 0 else "worse than doing nothing" if hi < 0
+                   else "within noise of doing nothing")
+        share = ("" if g <= 0 else f", {g / ceiling:.0%} of the ceiling's gain"
+                 if ceiling > min_gap else ", the ceiling gains too little here to compare")
+        return f"{g:+{fmt}}{unit} [{lo:+{fmt}}, {hi:+{fmt}}], {verdict}{share}"
+    lines = ["", f"**Read against floor and ceiling at {label}**: the ceiling gains "
+             f"{c[2]:+.1f} dB [{c[3]:+.1f}, {c[4]:+.1f}] in PSNR and {c[5]:+.2f} [{c[6]:+.2f}, "
+             f"{c[7]:+.2f}] in feature distance over doing nothing; each method's gain, paired "
+             "over the same images:", ""]
+    for m in dict.fromkeys(r[0] for r in rows):
+        if m != "ceiling" and (m, top) in gains:
+            g = gains[m, top]
+            lines.append(f"- {m}: PSNR {read(*g[2:5], c[2], ' dB', '.1f', 0.5)}; feature "
+                         f"distance {read(*g[5:8], c[5], '', '.2f', 0.05)}.")
+    return lines
 
 
 def gains_lines(rows, targets):
