@@ -357,16 +357,17 @@ def series_differences(x, names, y, path, title):
     return _save(fig, path, dpi=80)
 
 
-def gap_closed(rows, path, min_gap=(0.5, 0.05)):
+def gap_closed(rows, path, min_gap=(0.5, 0.1), ylim=(-1.0, 1.5)):
     """Each method between its floor (`identity`, doing nothing) and its ceiling (`ceiling`, the
     paired regressor), by dose: the share of the gap it closes, in PSNR to the truth and in
     feature distance to the truth (0: no better than doing nothing, 1: as good as the regressor).
-    Doses where floor and ceiling differ by less than min_gap (dB, feature distance) are left out.
+    Doses where floor and ceiling differ by less than min_gap (dB, feature distance) are left out;
+    shares beyond ylim (far below doing nothing) sit on its edge as open triangles.
     rows: [method, target, µM, psnr_own, _, _, feature_dist_own, ...]."""
     by = {(r[0], r[2]): r for r in rows}
     doses = sorted({r[2] for r in rows})
     fig = Figure(figsize=(9, 3.4))
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 2, sharex=True)
     methods = [m for m in dict.fromkeys(r[0] for r in rows) if m not in ("identity", "ceiling")]
     for ax, col, sign, gap in zip(axes, (3, 6), (1, -1), min_gap):
         for i, m in enumerate(methods):
@@ -374,9 +375,18 @@ def gap_closed(rows, path, min_gap=(0.5, 0.05)):
                     / (by["ceiling", c][col] - by["identity", c][col])) for c in doses
                    if sign * (by["ceiling", c][col] - by["identity", c][col]) > gap]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=m, color=f"C{i % 10}")
+                x, y = zip(*pts)
+                ax.plot(x, np.clip(y, *ylim), marker="o", ms=3, label=m, color=f"C{i % 10}")
+                out = [(c, v) for c, v in pts if not ylim[0] <= v <= ylim[1]]
+                if out:
+                    ax.scatter([c for c, _ in out], [np.clip(v, *ylim) for _, v in out], s=30,
+                               marker="v", facecolors="none", edgecolors=f"C{i % 10}")
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"the ceiling is not {gap:g} closer than\ndoing nothing at any dose",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8)
         ax.axhline(0, color="k", ls="--", lw=1)
         ax.axhline(1, color="k", ls=":", lw=1)
+        ax.set_ylim(ylim[0] - 0.05, ylim[1] + 0.05)
         ax.set_xscale("log")
         ax.set_xlabel("target concentration (µM)", fontsize=8)
         ax.tick_params(labelsize=7)
