@@ -212,17 +212,6 @@ def average_gradients(params):
     average_in_place(p.grad for p in params if p.grad is not None)
 
 
-def adam_step(loss, *optimizers):
-    """One step of each optimizer's networks on loss, gradients averaged over processes (a
-    network the loss does not reach has no gradient and is left alone)."""
-    for o in optimizers:
-        o.zero_grad(set_to_none=True)
-    loss.backward()
-    average_gradients([p for o in optimizers for g in o.param_groups for p in g["params"]])
-    for o in optimizers:
-        o.step()
-
-
 @torch.no_grad()
 def average_buffers(modules):
     """BatchNorm's running statistics (every floating-point buffer) averaged over the processes:

@@ -41,7 +41,7 @@ from torch.nn.functional import avg_pool2d
 import method as M
 from baselines import stylegan
 from baselines.autoencoders import LatentShift
-from baselines.gan import adversarial_loss
+from baselines.gan import adam_step, adversarial_loss
 from baselines.stylegan import EqualConv2d, EqualLinear
 
 
@@ -223,14 +223,14 @@ class ALAE(LatentShift):
             grad, = torch.autograd.grad(real_score.sum(), real, create_graph=True)
             r1 = grad.square().sum((1, 2, 3)).mean()
         c = self.config
-        M.adam_step(loss + c.r1_gamma / 2 * c.r1_every * r1, self.optimizer_d)
+        adam_step(loss + c.r1_gamma / 2 * c.r1_every * r1, self.optimizer_d)
         return loss.detach(), r1.detach()
 
     def g_step(self, z):
         """Step II: F and G make D(E(fake)) say real; E and D frozen for it."""
         self.E.requires_grad_(False), self.D.requires_grad_(False)
         loss = adversarial_loss("ns", self.D(self.E(self.fakes(z))), True)
-        M.adam_step(loss, self.optimizer_g)
+        adam_step(loss, self.optimizer_g)
         self.E.requires_grad_(True), self.D.requires_grad_(True)
         return loss.detach()
 
@@ -245,7 +245,7 @@ class ALAE(LatentShift):
             noise = stylegan.fixed_noise(self.G, len(x), x.device)
             pixel = (self.G(self.E(x), noise) - x).square().mean()
         optimizers = (self.optimizer_d, self.optimizer_g) if two else (self.optimizer_rec,)
-        M.adam_step(loss + self.config.pixel_weight * pixel, *optimizers)
+        adam_step(loss + self.config.pixel_weight * pixel, *optimizers)
         return loss.detach(), pixel.detach()
 
     @torch.no_grad()

@@ -34,7 +34,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 import method as M
 from baselines.autoencoders import (Autoencoder, AutoencoderConfig, Encoder, kl_divergence,
                                     reparameterise, widths)
-from baselines.gan import adversarial_loss, generator_loss
+from baselines.gan import adam_step, adversarial_loss, generator_loss
 
 
 @dataclass
@@ -178,7 +178,7 @@ class DCVAE(Autoencoder):
         real_s, rec_s, smp_s = (self.D(v)[0] for v in (x, recon, sample))
         loss = adversarial_loss(kind, real_s, True) + 0.5 * (
             adversarial_loss(kind, rec_s, False) + adversarial_loss(kind, smp_s, False))
-        M.adam_step(loss, self.optimizer_d)
+        adam_step(loss, self.optimizer_d)
         return loss.item()
 
     def adversarial_step(self, x):
@@ -193,7 +193,7 @@ class DCVAE(Autoencoder):
         kl = kl_divergence(mu, logvar).mean()
         with torch.set_grad_enabled(c.pixel_weight > 0):
             mse = (recon - x).square().mean()
-        M.adam_step(g_adv + c.kl_weight * kl + c.pixel_weight * mse, self.optimizer)
+        adam_step(g_adv + c.kl_weight * kl + c.pixel_weight * mse, self.optimizer)
         self.D.requires_grad_(True)
         return {"g_adv": g_adv.item(), "kl": kl.item(), "mse": mse.item()}
 
@@ -217,7 +217,7 @@ class DCVAE(Autoencoder):
         nce = multiscale_info_nce(queries, keys, c.temperature, negatives, first,
                                   c.in_batch_negatives)
         kl = kl_divergence(mu, logvar).mean()
-        M.adam_step(c.contrastive_weight * nce + c.kl_weight * kl, self.optimizer,
+        adam_step(c.contrastive_weight * nce + c.kl_weight * kl, self.optimizer,
                     self.optimizer_d)
         self.enqueue(keys)
         return nce.item()

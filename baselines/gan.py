@@ -1,6 +1,6 @@
 """The pieces the GAN baselines share, each written once: their config fields, the ResNet
 image-to-image generator, PatchGAN discriminator trunks, adversarial losses, the WGAN gradient
-penalty, the image pool."""
+penalty, the image pool, one optimizer step over several networks."""
 from dataclasses import dataclass
 
 import torch
@@ -141,6 +141,17 @@ def gradient_penalty(critic, real, fake, generator=None):
     x_hat = (a * real + (1 - a) * fake).requires_grad_(True)
     grad, = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+def adam_step(loss, *optimizers):
+    """One step of each optimizer's networks on loss, gradients averaged over processes (a
+    network the loss does not reach has no gradient and is left alone)."""
+    for o in optimizers:
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    M.average_gradients([p for o in optimizers for g in o.param_groups for p in g["params"]])
+    for o in optimizers:
+        o.step()
 
 
 class ImagePool:

@@ -128,7 +128,7 @@ def test_reproduce_end_to_end_and_resume(tmp_path, capsys):
     gains = rows(out / "counterfactual_gains.csv")  # every method and the ceiling vs nothing
     assert {r["method"] for r in gains} == {"stargan", "vae", "ceiling"}
     assert (out / "counterfactual_gap.png").exists() and "Mean or sample" in report
-    reading = report.split("**Read against floor and ceiling at 10 µM**")[1]  # each method, in words
+    reading = report.split("**Read against floor and ceiling at 10 µM**")[1]  # each, in words
     assert "- stargan: PSNR" in reading and "- vae: PSNR" in reading
     fig2 = (out / "fig2" / "representation.md").read_text()  # the VAE's reconstructions, also in
     fig2_table = fig2.split("F1 against reconstruction")[1]  # domain features
