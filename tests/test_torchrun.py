@@ -104,7 +104,7 @@ def run_pair(folder):
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
         logs.append(open(folder / f"rank{rank}.log", "w+"))
         code = f"from tests.test_torchrun import worker; worker({str(folder)!r})"
-        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+        procs.append(subprocess.Popen([sys.executable, "-u", "-c", code], cwd=ROOT, env=env,
                                       stdout=logs[-1], stderr=subprocess.STDOUT))
     deadline = time.monotonic() + TIMEOUT
     while any(p.poll() is None for p in procs):
