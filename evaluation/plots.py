@@ -161,10 +161,7 @@ def counterfactual(rows, path):
         ax.set_xlabel("target concentration (µM)", fontsize=8)
         ax.set_ylabel(label, fontsize=8)
         ax.tick_params(labelsize=7)
-    labelled = [a for a in axes if a.get_legend_handles_labels()[0]]
-    if labelled:  # none where floor and ceiling never differ enough
-        axes[1].legend(*labelled[-1].get_legend_handles_labels(), fontsize=6, loc="upper left",
-                       bbox_to_anchor=(1.01, 1))
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path, dpi=100)
 
 
@@ -357,11 +354,11 @@ def series_differences(x, names, y, path, title):
     return _save(fig, path, dpi=80)
 
 
-def gap_closed(rows, path, min_gap=(0.5, 0.1), ylim=(-1.0, 1.5)):
+def gap_closed(rows, path, min_gap, ylim=(-1.0, 1.5)):
     """Each method between its floor (`identity`, doing nothing) and its ceiling (`ceiling`, the
     paired regressor), by dose: the share of the gap it closes, in PSNR to the truth and in
     feature distance to the truth (0: no better than doing nothing, 1: as good as the regressor).
-    Doses where floor and ceiling differ by less than min_gap (dB, feature distance) are left out;
+    Doses where floor and ceiling differ by less than min_gap (report.GAP) are left out;
     shares beyond ylim (far below doing nothing) sit on its edge as open triangles.
     rows: [method, target, µM, psnr_own, _, _, feature_dist_own, ...]."""
     by = {(r[0], r[2]): r for r in rows}

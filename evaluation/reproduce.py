@@ -283,7 +283,7 @@ def counterfactual(out, sec, translations, ceiling_y, targets, truth, cells, sca
         "feature_gain_low", "feature_gain_high"], sec["gains"])
     plots.counterfactual(by_dose, out / "counterfactual.png")
     if ceiling_y is not None:
-        plots.gap_closed(by_dose, out / "counterfactual_gap.png")
+        plots.gap_closed(by_dose, out / "counterfactual_gap.png", report.GAP)
 
 # -----------------------------------------------------------------------------
 # the pipeline

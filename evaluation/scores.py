@@ -250,13 +250,13 @@ def fig4_rows(outputs, targets, classes, real_cells, cells, scale):
                                 (fake_means[t] - fake_means[0]) / scale) for t in targets]
             rows.append([m, np.nanmedian(fig4[m]) if np.isfinite(fig4[m]).any() else np.nan,
                          int(np.isfinite(fig4[m]).sum()), effect[-1],
-                         np.nanmean(effect) if np.isfinite(effect).any() else np.nan])
+                         _mean(effect)])
     return rows, fig4 if groups else {}
 
 
 def _mean(v):
-    """The mean of the finite values; nan, without a warning, where none is (no Golgi found)."""
-    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else np.nan
+    """nanmean, and nan without a warning where no value is finite (no Golgi found, no effect)."""
+    return np.nanmean(v) if np.isfinite(v).any() else np.nan
 
 
 def golgi_tests(outputs, classes, real_cells, cells, names, first):
