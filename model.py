@@ -95,6 +95,12 @@ def timestep_embedding(t, dim, max_period=10000.0):
     return F.pad(emb, (0, dim % 2))
 
 
+def silu_fresh(h):
+    """SiLU of a normalisation's fresh output, in place where no gradient is recorded (sampling):
+    one activation-sized allocation fewer, 3-4 % of a translation on the CPU."""
+    return F.silu(h, inplace=not torch.is_grad_enabled())
+
+
 class ResBlock(nn.Module):
     """Two 3x3 convs conditioned in between by the (time + class) embedding; starts as the identity.
 
@@ -116,16 +122,20 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x, emb):
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # 2 x (B, out_ch, 1, 1)
-        # norm2(h) * (1 + scale) + shift, with norm2's affine folded into the per-(B, C) factors:
-        # one pass over h after the normalisation instead of two; the factors in h's dtype, so
-        # that under bf16 autocast the activations stay bf16 (float32 ones cost 7 % of a step)
-        n = self.norm2
-        h = F.group_norm(h, n.num_groups, eps=n.eps)
-        factor = (n.weight[:, None, None] * (1 + scale)).to(h.dtype)
-        h = torch.addcmul((n.bias[:, None, None] * (1 + scale) + shift).to(h.dtype), h, factor)
-        h = self.conv2(self.dropout(F.silu(h)))
+        h = self.conv1(silu_fresh(self.norm1(x)))
+        # norm2(h) * (1 + scale) + shift, with norm2's affine folded into per-(B, C) factors
+        n, (scale, shift) = self.norm2, self.emb(emb).chunk(2, dim=1)  # 2 x (B, out_ch)
+        weight, bias = n.weight * (1 + scale), n.bias * (1 + scale) + shift  # (B, out_ch)
+        if h.is_contiguous():
+            # the batch seen as one image of B * out_ch channels in B * groups groups (a batch
+            # element's channels are adjacent), so group_norm applies the per-(B, C) factors in
+            # its own pass; a broadcast addcmul after it took 7 % of a bf16 translation on the CPU
+            h = F.group_norm(h.reshape(1, -1, *h.shape[2:]), len(h) * n.num_groups,
+                             weight.flatten(), bias.flatten(), n.eps).view_as(h)
+        else:  # channels_last (the GPU's layout) cannot be seen so: the same in two passes
+            h = torch.addcmul(bias[..., None, None].to(h.dtype), F.group_norm(h, n.num_groups,
+                              eps=n.eps), weight[..., None, None].to(h.dtype))
+        h = self.conv2(self.dropout(silu_fresh(h)))
         return self.skip(x) + h
 
 
@@ -279,7 +289,7 @@ class UNet(nn.Module):
                 h = blk(torch.cat([h, hs.pop()], dim=1), emb)  # (B, ch + skip_ch, H, W)
             if level.resample is not None:
                 h = level.resample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_fresh(self.norm_out(h)))
 
 
 def count_parameters(model):

@@ -28,7 +28,7 @@ import torch.nn as nn
 import files
 import method as M
 from baselines.gan import (GANConfig, ImagePool, ResnetGenerator, adversarial_loss, init_normal,
-                           patch_trunk)
+                           linear_decay, patch_trunk)
 
 
 @dataclass
@@ -98,7 +98,7 @@ class CycleGAN(M.Method):
             raise ValueError(f"cyclegan learns from images of both classes in every batch, got "
                              f"{len(a)} of A and {len(b)} of B (train.py draws --batch-size of "
                              "each)")
-        lr = c.lr * M.linear_decay(step, c.steps, c.decay_from)
+        lr = c.lr * linear_decay(step, c.steps, c.decay_from)
         nets = (self.G_ab, self.G_ba, self.D_a, self.D_b)
         for net in nets:
             net.train()

@@ -154,6 +154,13 @@ def adam_step(loss, *optimizers):
         o.step()
 
 
+def linear_decay(step, steps, decay_from):
+    """Learning-rate factor of the image-to-image GANs: 1 until decay_from x steps, then linearly
+    to 0 at steps (CycleGAN: 100 + 100 epochs; StarGAN: 100k + 100k iterations)."""
+    start = int(decay_from * steps)
+    return 1.0 if step < start else max(0.0, 1 - (step - start) / max(1, steps - start))
+
+
 class ImagePool:
     """Shrivastava et al. 2017, as CycleGAN uses it: the discriminator sees, with probability 1/2,
     an older fake from a buffer of `size` instead of the newest, which damps oscillation."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import method as M
 from baselines.gan import (GANConfig, ResnetGenerator, adversarial_loss, gradient_penalty,
-                           patch_trunk)
+                           linear_decay, patch_trunk)
 
 
 @dataclass
@@ -135,7 +135,7 @@ class StarGAN(M.Method):
         """One D step; every n_critic-th step also a G step. Targets: the batch's labels
         shuffled."""
         c, (x, y) = self.config, batch
-        lr = c.lr * M.linear_decay(step, c.steps, c.decay_from)
+        lr = c.lr * linear_decay(step, c.steps, c.decay_from)
         y_trg = y[torch.randperm(len(y), device=y.device)]
         self.G.train(), self.D.train()
         losses = self.d_step(x, y, y_trg, lr)

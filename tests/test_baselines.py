@@ -15,7 +15,8 @@ import method as M
 import phendiff
 import train
 from baselines.cyclegan import CycleGAN, CycleGANConfig
-from baselines.gan import ImagePool, adversarial_loss, generator_loss, gradient_penalty
+from baselines.gan import (ImagePool, adversarial_loss, generator_loss, gradient_penalty,
+                           linear_decay)
 from baselines.stargan import StarGAN, StarGANConfig
 from tests.helpers import fails, same, write_images
 
@@ -41,6 +42,11 @@ def test_gradient_penalty_of_a_linear_critic():
     assert gp.item() == pytest.approx((norm.item() - 1) ** 2, rel=1e-5)
     gp.backward()
     torch.testing.assert_close(w.grad, 2 * (norm - 1) * w.detach() / norm)
+
+
+def test_learning_rate_decays_linearly_after_decay_from():
+    assert ([linear_decay(s, 10, 0.5) for s in (0, 4, 5, 6, 9, 10)]
+            == pytest.approx([1, 1, 1, 0.8, 0.2, 0]))
 
 
 def test_adversarial_losses_closed_forms():

@@ -140,8 +140,6 @@ def test_ema_and_lr_helpers():
     M.update_ema(a, b, 0.9)
     torch.testing.assert_close(a.weight.detach(), expected)
     assert M.ema_decay(0, 0.999) == pytest.approx(0.1) and M.ema_decay(10**6, 0.999) == 0.999
-    assert ([M.linear_decay(s, 10, 0.5) for s in (0, 4, 5, 6, 9, 10)]
-            == pytest.approx([1, 1, 1, 0.8, 0.2, 0]))
     M.average_gradients(a.parameters())  # one process: nothing to average, nothing changes
 
 

@@ -73,12 +73,39 @@ def test_bf16_translation_stays_close_to_fp32_and_returns_float32():
     assert relative(out["bf16"], out["fp32"]) < 0.04
 
 
-def test_resblock_matches_its_old_form():
+
+def test_bf16_wrapper_casts_a_copy_once_and_computes_what_autocast_computes():
+    """The wrapper's copy holds bf16 convolution and linear weights (cast once, not at every
+    call): exactly the numbers of autocast over the float32 net, which stays float32."""
+    model, x, y = v_model()
+    t = torch.full((len(x),), 500)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        expected = model(x, t, y).float()
+    net = M.Precision("bf16", "cpu", BF16).wrap(model)
+    with torch.no_grad():
+        assert torch.equal(net(x, t, y), expected)
+    assert net.module.conv_in.weight.dtype == net.module.time_mlp[0].weight.dtype == torch.bfloat16
+    assert net.module.norm_out.weight.dtype == model.conv_in.weight.dtype == torch.float32
+
+
+def test_sampling_forward_in_place_equals_the_recorded_forward():
+    """Where no gradient is recorded the SiLUs run in place on fresh normalisation outputs: the
+    same numbers as the forward that training records."""
+    model, x, y = v_model()
+    t = torch.full((len(x),), 500)
+    with torch.no_grad():
+        sampled = model(x, t, y)
+    assert torch.equal(sampled, model(x, t, y).detach())
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_resblock_matches_its_old_form(layout):
     """The FiLM with norm2's affine folded in: norm2(h) * (1 + scale) + shift, as written before,
-    to float32 rounding, forward and gradients."""
+    to float32 rounding, forward and gradients; contiguous, the batch as one image with per-(B, C)
+    weights in group_norm, and channels_last, two passes."""
     torch.manual_seed(0)
-    block = randomise_(ResBlock(32, 64, 16, 0.0))
-    x, emb = torch.randn(2, 32, 8, 8, requires_grad=True), torch.randn(2, 16)
+    block = randomise_(ResBlock(32, 64, 16, 0.0)).to(memory_format=layout)
+    x = torch.randn(2, 32, 8, 8).contiguous(memory_format=layout).requires_grad_()
+    emb = torch.randn(2, 16)
 
     def old(b, x, emb):
         h = b.conv1(F.silu(b.norm1(x)))

@@ -6,11 +6,13 @@ fp32 and bf16 autocast, contiguous and channels_last, on one and two threads.
     python tools/bench.py              # small preset training, demo-model translation (~10 min)
     python tools/bench.py --threads 1 --rounds 5
     python tools/bench.py --profile --threads 1   # where ours spends the time, by operator
+    python tools/bench.py --against f7055b3 --impl ours   # this model.py against an older one
     python -m pip install diffusers    # for the comparison; never a dependency of the project
 
 Every configuration runs once to warm up, then in interleaved rounds (the two networks back to back,
 their order alternating), so a machine shared with other jobs slows both alike: the table gives
-medians of images/s and of the per-round ratios. Without diffusers it times this UNet alone.
+medians of images/s and of the per-round ratios. Without diffusers it times this UNet alone;
+--against REV adds the UNet of model.py at git revision REV (the rest of the code as it is now).
 tools/gpu_bench.py uses the same pieces on a GPU.
 """
 import argparse
@@ -19,13 +21,16 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import types
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: ddim.py, model.py
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository: ddim.py, model.py
 import ddim  # noqa: E402
 import method as M  # noqa: E402
 from model import UNet, count_parameters  # noqa: E402
@@ -75,10 +80,26 @@ class DiffusersEps(torch.nn.Module):
         return self.net(x, t, class_labels=y, return_dict=False)[0]
 
 
+def unet_at(rev):
+    """The UNet class of model.py at git revision rev, loaded as a module of its own."""
+    shown = subprocess.run(["git", "show", f"{rev}:model.py"], cwd=ROOT, capture_output=True,
+                           text=True)
+    if shown.returncode:
+        raise ValueError(f"--against {rev}: git cannot show model.py there "
+                         f"({shown.stderr.strip()}); give a revision of this repository")
+    module = types.ModuleType(f"model@{rev}")
+    exec(compile(shown.stdout, f"model.py@{rev}", "exec"), module.__dict__)
+    return module.UNet
+
+
 def build(impl, config, layout, device="cpu"):
-    """A fresh network: impl "ours" (model.UNet) or "diffusers", in memory layout `layout`."""
+    """A fresh network: impl "ours" (model.UNet), "ours@REV" (model.py at git revision REV) or
+    "diffusers", in memory layout `layout`."""
     torch.manual_seed(0)
-    net = UNet(config) if impl == "ours" else DiffusersEps(config)
+    if impl == "diffusers":
+        net = DiffusersEps(config)
+    else:
+        net = unet_at(impl.split("@", 1)[1])(config) if "@" in impl else UNet(config)
     return net.to(device, memory_format=LAYOUTS[layout])
 
 
@@ -157,8 +178,9 @@ def measure(found, rounds):
     """{case: [seconds of each round]}: a warm-up call each, then `rounds` rounds over all cases,
     the networks of one configuration back to back in an order that alternates by round."""
     times, threads = {k: [] for k in found}, torch.get_num_threads()
+    names = sorted({k[4] for k in found})
     for r in range(-1, rounds):  # round -1: the warm-up, not kept
-        for key in sorted(found, key=lambda k: (k[:4], k[4] if r % 2 else "~" + k[4])):
+        for key in sorted(found, key=lambda k: (k[:4], (-1) ** r * names.index(k[4]))):
             run, _ = found[key]
             torch.set_num_threads(key[1])
             start = time.perf_counter()
@@ -170,9 +192,9 @@ def measure(found, rounds):
 
 
 def ratio(times, a, b):
-    """Median over rounds of the speed of case a over case b (time b / time a)."""
-    return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
-
+    """Speed of case a over case b (time b / time a) in each round: (median, lowest, highest)."""
+    per_round = [tb / ta for ta, tb in zip(times[a], times[b])]
+    return statistics.median(per_round), min(per_round), max(per_round)
 
 def machine():
     """Processor, bf16 instructions, cores, torch (and diffusers) versions, load."""
@@ -193,33 +215,29 @@ def machine():
 
 
 def report(args, found, times, impls):
-    """The table (a row per configuration) and the ratios the docs quote."""
-    both = len(impls) == 2
-    head = "| task | threads | layout | precision | ours img/s |"
-    print(head + (" diffusers img/s | ours / diffusers |" if both else ""))
-    print("|---" * (head.count("|") - 1 + 2 * both) + "|")
+    """The table (a row per configuration, ours against each other network) and the ratios the
+    docs quote: medians over the rounds, with the lowest and highest round's ratio."""
+    others = impls[1:]
+    head = "| task | threads | layout | precision | ours img/s |" + "".join(
+        f" {o} img/s | ours / {o} |" for o in others)
+    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     speed = {k: statistics.median(n / t for t in times[k]) for k, (_, n) in found.items()}
     for key in sorted({k[:4] for k in found}):
-        row = f"| {' | '.join(map(str, key))} | {speed[(*key, 'ours')]:.1f} |"
-        if both:
-            row += (f" {speed[(*key, 'diffusers')]:.1f} | "
-                    f"{ratio(times, (*key, 'ours'), (*key, 'diffusers')):.2f}x |")
-        print(row)
+        print(f"| {' | '.join(map(str, key))} | {speed[(*key, 'ours')]:.1f} |" + "".join(
+            f" {speed[(*key, o)]:.1f} | {ratio(times, (*key, 'ours'), (*key, o))[0]:.2f}x |"
+            for o in others))
     if "bf16" not in args.precisions or "fp32" not in args.precisions:
         return
-    print()
+    print(f"\nours bf16 against each: median of {args.rounds} rounds (lowest-highest round)")
+    against = [("ours", "fp32")] + [(o, p) for o in others for p in ("fp32", "bf16")]
     for task in ("train", "translate"):
         for threads in args.threads:
             for layout in args.layouts:
                 k = (task, threads, layout)
-                line = (f"{task} {threads} thread(s) {layout}: ours bf16 / ours fp32 "
-                        f"{ratio(times, (*k, 'bf16', 'ours'), (*k, 'fp32', 'ours')):.2f}x")
-                if both:
-                    line += "".join(
-                        f", ours bf16 / diffusers {p} "
-                        f"{ratio(times, (*k, 'bf16', 'ours'), (*k, p, 'diffusers')):.2f}x"
-                        for p in ("fp32", "bf16"))
-                print(line)
+                print(f"{task} {threads} thread(s) {layout}: " + ", ".join(
+                    "ours bf16 / {} {} {:.2f}x ({:.2f}-{:.2f})".format(
+                        o, p, *ratio(times, (*k, "bf16", "ours"), (*k, p, o)))
+                    for o, p in against))
 
 
 # convolutions, and the other dense kernels (matrix products, attention), by profiler name
@@ -256,8 +274,9 @@ def profile(args):
 def run(args):
     if args.profile:
         return profile(args)
-    impls = ["ours"] + (["diffusers"] if "diffusers" in args.impl and diffusers_available() else [])
-    if "diffusers" in args.impl and len(impls) == 1:
+    impls = (["ours"] + [f"ours@{args.against}"] * bool(args.against)
+             + (["diffusers"] if "diffusers" in args.impl and diffusers_available() else []))
+    if "diffusers" in args.impl and "diffusers" not in impls:
         print(f"diffusers is not installed: timing this UNet alone. For the comparison: {INSTALL}")
     print(f"machine: {machine()}")
     for task, preset in (("train", args.preset), ("translate", args.translate_preset)):
@@ -301,6 +320,7 @@ def get_parser():
     a("--impl", nargs="+", default=["ours", "diffusers"], choices=["ours", "diffusers"],
       help="networks to time (diffusers when installed)")
     a("--profile", action="store_true", help="ours on the first --threads: where the time goes")
+    a("--against", metavar="REV", help="also time model.py's UNet at this git revision")
     return p
 
 
