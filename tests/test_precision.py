@@ -212,6 +212,28 @@ def test_the_bench_runs_at_tiny_scale(capsys, monkeypatch):
     assert "translate 1 contiguous fp32:" in capsys.readouterr().out
 
 
+
+def test_the_bench_times_another_model_file_against_this_one(tmp_path, capsys, monkeypatch):
+    """--against a model.py whose UNet sleeps 50 ms per call: every configuration reads slower
+    there, in every round; a revision that is neither a file nor known to git is a one-line
+    error."""
+    monkeypatch.setattr(bench, "diffusers_available", lambda: False)
+    slow = tmp_path / "model.py"
+    slow.write_text((bench.ROOT / "model.py").read_text() + (
+        "\n_forward = UNet.forward\n\n\ndef _slow(self, *args):\n    time.sleep(0.05)\n"
+        "    return _forward(self, *args)\n\n\nUNet.forward = _slow\n"))
+    bench.main(["--preset", "tiny", "--translate-preset", "tiny", "--batch", "2", "--images", "2",
+                "--ddim-steps", "1", "--rounds", "2", "--threads", "1", "--layouts", "contiguous",
+                "--impl", "ours", "--against", str(slow)])
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| train |", "| translate |"))]
+    assert len(rows) == 4
+    for row in rows:  # ... | ours / ours@... as "1.23x (lowest-highest)" |
+        lowest = float(row.split("|")[-2].split("(")[1].split("-")[0])
+        assert lowest > 1.2, row
+    line = fails(bench.main, ["--preset", "tiny", "--against", str(tmp_path / "nope.py")])
+    assert "--against" in line and "give a revision or a file" in line
+
 def test_the_gpu_script_runs_at_tiny_scale_on_the_cpu(capsys):
     gpu_bench.main(["--preset", "tiny", "--batch", "2", "--steps", "1", "--images", "2",
                     "--doses", "2", "--ddim-steps", "1", "--no-compile", "--no-diffusers",

@@ -12,7 +12,8 @@ fp32 and bf16 autocast, contiguous and channels_last, on one and two threads.
 Every configuration runs once to warm up, then in interleaved rounds (the two networks back to back,
 their order alternating), so a machine shared with other jobs slows both alike: the table gives
 medians of images/s and of the per-round ratios. Without diffusers it times this UNet alone;
---against REV adds the UNet of model.py at git revision REV (the rest of the code as it is now).
+--against REV adds the UNet of model.py at git revision REV, or of the model.py file REV (the rest
+of the code as it is now).
 tools/gpu_bench.py uses the same pieces on a GPU.
 """
 import argparse
@@ -80,21 +81,25 @@ class DiffusersEps(torch.nn.Module):
         return self.net(x, t, class_labels=y, return_dict=False)[0]
 
 
-def unet_at(rev):
-    """The UNet class of model.py at git revision rev, loaded as a module of its own."""
-    shown = subprocess.run(["git", "show", f"{rev}:model.py"], cwd=ROOT, capture_output=True,
-                           text=True)
-    if shown.returncode:
-        raise ValueError(f"--against {rev}: git cannot show model.py there "
-                         f"({shown.stderr.strip()}); give a revision of this repository")
-    module = types.ModuleType(f"model@{rev}")
-    exec(compile(shown.stdout, f"model.py@{rev}", "exec"), module.__dict__)
+def unet_at(source):
+    """The UNet class of model.py at git revision `source`, or of the model.py file at that path,
+    loaded as a module of its own."""
+    if Path(source).is_file():
+        text = Path(source).read_text()
+    else:
+        shown = subprocess.run(["git", "show", f"{source}:model.py"], cwd=ROOT,
+                               capture_output=True, text=True)
+        if shown.returncode:
+            raise ValueError(f"--against {source}: no such file, and git cannot show model.py "
+                             f"there ({shown.stderr.strip()}); give a revision or a file")
+        text = shown.stdout
+    module = types.ModuleType(f"model@{source}")
+    exec(compile(text, f"model.py@{source}", "exec"), module.__dict__)
     return module.UNet
 
-
 def build(impl, config, layout, device="cpu"):
-    """A fresh network: impl "ours" (model.UNet), "ours@REV" (model.py at git revision REV) or
-    "diffusers", in memory layout `layout`."""
+    """A fresh network: impl "ours" (model.UNet), "ours@REV" (model.py at git revision or file
+    REV) or "diffusers", in memory layout `layout`."""
     torch.manual_seed(0)
     if impl == "diffusers":
         net = DiffusersEps(config)
@@ -216,7 +221,7 @@ def machine():
 
 def report(args, found, times, impls):
     """The table (a row per configuration, ours against each other network) and the ratios the
-    docs quote: medians over the rounds, with the lowest and highest round's ratio."""
+    docs quote: medians over the rounds, the lowest and highest round's ratio in brackets."""
     others = impls[1:]
     head = "| task | threads | layout | precision | ours img/s |" + "".join(
         f" {o} img/s | ours / {o} |" for o in others)
@@ -224,8 +229,8 @@ def report(args, found, times, impls):
     speed = {k: statistics.median(n / t for t in times[k]) for k, (_, n) in found.items()}
     for key in sorted({k[:4] for k in found}):
         print(f"| {' | '.join(map(str, key))} | {speed[(*key, 'ours')]:.1f} |" + "".join(
-            f" {speed[(*key, o)]:.1f} | {ratio(times, (*key, 'ours'), (*key, o))[0]:.2f}x |"
-            for o in others))
+            " {:.1f} | {:.2f}x ({:.2f}-{:.2f}) |".format(
+                speed[(*key, o)], *ratio(times, (*key, "ours"), (*key, o))) for o in others))
     if "bf16" not in args.precisions or "fp32" not in args.precisions:
         return
     print(f"\nours bf16 against each: median of {args.rounds} rounds (lowest-highest round)")
@@ -320,7 +325,8 @@ def get_parser():
     a("--impl", nargs="+", default=["ours", "diffusers"], choices=["ours", "diffusers"],
       help="networks to time (diffusers when installed)")
     a("--profile", action="store_true", help="ours on the first --threads: where the time goes")
-    a("--against", metavar="REV", help="also time model.py's UNet at this git revision")
+    a("--against", metavar="REV", help="also time the UNet of model.py at this git revision, or "
+      "of this model.py file")
     return p
 
 
