@@ -296,10 +296,11 @@ def cmd_translate(args):
     print(f"{ckpt['method']} {args.ckpt} (step {ckpt.get('step')}): {len(image_files)} image(s) "
           f"{args.source} -> {', '.join(names)}; {getattr(net, 'precision', 'fp32')}")
     clock.append(time.perf_counter())
-    with torch.no_grad():
+    # the bar closed on an error too, so that the one-line error starts a line of its own
+    with torch.no_grad(), tqdm(x.split(args.batch_size), desc="batches") as batches:
         # (T, N, C, H, W)
         y = torch.cat([net.translate_many(xb.to(args.device), source, targets).cpu()
-                       for xb in tqdm(x.split(args.batch_size), desc="batches")], 1)
+                       for xb in batches], 1)
     clock.append(time.perf_counter())
     files.check_finite(y, f"the {ckpt['method']} translation (nothing was written)")
     (out / "files.txt").write_text("".join(f"{f.name}\n" for f in image_files))

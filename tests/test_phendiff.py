@@ -181,6 +181,24 @@ def test_cli_bad_input(ckpt, tmp_path):
     assert "x.pt" in msg and "not a phendiff checkpoint" in msg
 
 
+
+def test_cli_error_mid_translation_closes_the_progress_bar(ckpt, tmp_path, monkeypatch):
+    """An error in the second of three batches (say, out of memory) is one line of its own, not
+    appended to a progress bar left open."""
+    calls = []
+
+    def fail_second(self, x, y_source, targets):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise ValueError("out of memory at this batch: lower --batch-size")
+        return torch.zeros(len(targets), *x.shape)
+    monkeypatch.setattr(phendiff.PhenDiff, "translate_many", fail_second)
+    inp = write_images(tmp_path / "in")
+    line = fails(phendiff.main, ["translate", "--ckpt", str(ckpt), "--input", str(inp),
+                                 "--source", "DMSO", "--target", "DMSO", "--batch-size", "1",
+                                 "--out", str(tmp_path / "o")])
+    assert calls == [1, 1] and line.startswith("phendiff.py translate: error: out of memory")
+
 def test_cli_other_sizes_are_cropped_with_a_warning(ckpt, tmp_path):
     inp = write_images(tmp_path / "big", n=1, size=24)
     with pytest.warns(UserWarning, match="centre-cropped"):
