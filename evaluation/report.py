@@ -273,13 +273,16 @@ def fig2b_lines(sec, classes):
             f"Real {classes[0]} against real {classes[-1]}: Welch's t-test (other images). Each "
             f"method's translations of the {classes[0]} inputs to {classes[-1]} against those "
             "inputs: a paired t-test, translation i against its own input i (`identity`: "
-            "untranslated, the test must find nothing). Holm's adjustment across the features "
-            "of each row's source; effect: the standardised mean difference (paired: d_z) with "
-            "its 95 % interval.", "",
+            "untranslated, the test must find nothing; every difference is 0, so t, p and the "
+            "effect are undefined: -). Holm's adjustment across the features of each row's "
+            "source; effect: the standardised mean difference (paired: d_z) with its 95 % "
+            "interval.", "",
             *md_table(["feature", "treated images", "test", "n", f"{classes[0]} mean",
                        "treated mean", "t", "p", "Holm p", "effect [95 %]"],
-                      [[f, s, test, f"{n0} / {n1}", f"{ma:.2f}", f"{mb:.2f}", f"{t:.2f}",
-                        f"{p:.2g}", f"{ph:.2g}", f"{e:+.2f} [{lo:+.2f}, {hi:+.2f}]"]
+                      [[f, s, test, f"{n0} / {n1}", f"{ma:.2f}", f"{mb:.2f}",
+                        *(["-"] * 4 if np.isnan(t) else
+                          [f"{t:.2f}", f"{p:.2g}", f"{ph:.2g}",
+                           f"{e:+.2f} [{lo:+.2f}, {hi:+.2f}]"])]
                        for f, s, test, n0, n1, ma, mb, t, p, ph, e, lo, hi in sec["fig2b"]]),
             "", "![](fig2b.png)"]
 

@@ -168,3 +168,6 @@ def test_reproduce_golgi_t_test(tmp_path):
     assert [r["test"] for r in t] == ["Welch t", "paired t", "paired t"]
     # doing nothing: every pair identical, nothing to find (no variance: the test is undefined)
     assert not float(t[2]["p"]) < 0.5 and "Fig. 2b" in (out / "report.md").read_text()
+    identity = [line for line in (out / "report.md").read_text().splitlines()
+                if line.startswith(f"| {P.GOLGI_FEATURE} | identity |")]
+    assert identity and identity[0].endswith("| - | - | - | - |") and "nan" not in identity[0]
