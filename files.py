@@ -312,6 +312,10 @@ FLAGS = {
     "guidance": dict(type=real, help="phendiff: classifier-free guidance scale w (0: none)"),
     "projection": dict(choices=["w", "w+"], help="stylegan: PhenEx/W or PhenEx/W+ (w)"),
     "projection_steps": dict(type=integer(1), help="stylegan: projection steps per image"),
+    # checked by method.Precision, which holds the choices
+    "precision": dict(help="auto | fp32 | bf16: the networks in bf16 autocast or fp32; auto: bf16 "
+                           "on GPUs and on CPUs with bf16 instructions, for the methods that gain "
+                           "from it (docs/training.md)"),
 }
 
 

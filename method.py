@@ -365,7 +365,7 @@ class Precision:
 
     def __init__(self, choice, device, offered=("fp32",), method="this method"):
         if choice not in PRECISIONS:
-            raise ValueError(f"unknown precision {choice!r}; choose {', '.join(PRECISIONS)}")
+            raise ValueError(f"--precision {choice}: unknown; choose {', '.join(PRECISIONS)}")
         if choice != "auto" and choice not in offered:
             raise ValueError(f"--precision {choice}: {method} trains in {' or '.join(offered)} "
                              "only (docs/training.md); use --precision auto")

@@ -352,10 +352,7 @@ def get_parser():
         g = t.add_argument_group("method options (default: the method's own)")
         files.add_flags(g, ddim_steps=None, fixed_point_iters=None, guidance=None)
         g.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
-        files.add_flags(g, projection=None, projection_steps=None)
-        g.add_argument("--precision", choices=M.PRECISIONS,
-                       help="phendiff: the network in bf16 autocast or fp32 (auto: bf16 where the "
-                            "processor has bf16 instructions)")
+        files.add_flags(g, projection=None, projection_steps=None, precision=None)
         t.set_defaults(run=cmd_translate, target=None)
     d = sub.add_parser("demo",
                        help="PhenDiff (or any method) on the synthetic benchmark: report.md")

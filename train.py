@@ -66,10 +66,7 @@ def common_flags(p):
                                           "each: A:B,A:C or A:all (%(default)s)")
     # optimisation and system
     a("--steps", type=files.integer(1), default=2000, help="optimizer steps in total (%(default)s)")
-    files.add_flags(p, batch_size=32, device="auto", seed=0, out=files.REQUIRED)
-    a("--precision", default="auto", choices=M.PRECISIONS,
-      help="auto (%(default)s): bf16 autocast on GPUs and on CPUs with bf16 instructions for the "
-           "methods that gain from it (docs/training.md), fp32 elsewhere; fp32 | bf16 to choose")
+    files.add_flags(p, batch_size=32, device="auto", seed=0, out=files.REQUIRED, precision="auto")
     a("--resume", action="store_true", help="continue from OUT/last.pt; flags given now override")
     a("--ckpt-every", type=files.integer(1), default=500,
       help="steps between checkpoints (%(default)s)")

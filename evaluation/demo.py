@@ -16,7 +16,6 @@ import torch
 
 import data
 import files
-import method as M
 from evaluation import plots, report
 from evaluation import scores as S
 from evaluation.stats import spearman
@@ -53,10 +52,7 @@ def add_arguments(p):
     p.add_argument("--n-recon", type=files.integer(1), default=32,
                    help="images for the reconstruction error")
     files.add_flags(p, ddim_steps=50, fixed_point_iters=5, projection=None, projection_steps=None,
-                    batch_size=64, workers=2, device="auto")
-    p.add_argument("--precision", choices=M.PRECISIONS,
-                   help="phendiff: the network in bf16 autocast or fp32 (default auto: bf16 where "
-                        "the processor has bf16 instructions)")
+                    batch_size=64, workers=2, device="auto", precision=None)
 
 
 def median(values):

@@ -168,7 +168,7 @@ def test_precision_auto_follows_the_processor_and_the_method(monkeypatch):
     with pytest.raises(ValueError, match="dino trains in fp32 only") as e:
         M.Precision("bf16", "cpu", ("fp32",), "dino")
     assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="unknown precision 'half'"):
+    with pytest.raises(ValueError, match="--precision half: unknown; choose auto, fp32, bf16"):
         M.Precision("half", "cpu", BF16)
 
 
@@ -182,6 +182,8 @@ def test_train_says_which_precision_ran_and_refuses_one_the_method_lacks(tmp_pat
     line = fails(train.main, ["--method", "dino", "--precision", "bf16", "--out",
                               str(tmp_path / "d")])
     assert "dino trains in fp32 only" in line
+    line = fails(train.main, ["--precision", "half", "--out", str(tmp_path / "h")])
+    assert "--precision half: unknown; choose auto, fp32, bf16" in line
 
 
 def test_translate_says_which_precision_ran(tmp_path, capsys):
@@ -196,6 +198,11 @@ def test_translate_says_which_precision_ran(tmp_path, capsys):
                        "--source", "DMSO", "--target", "taxol_1uM", "--ddim-steps", "2",
                        "--precision", choice, "--out", str(tmp_path / choice)])
         assert said in capsys.readouterr().out
+    line = fails(phendiff.main, ["translate", "--ckpt", str(tmp_path / "c.pt"), "--input", str(inp),
+                                 "--source", "DMSO", "--target", "DMSO", "--precision", "half",
+                                 "--out",
+                                 str(tmp_path / "h")])
+    assert "--precision half: unknown" in line
 
 
 def test_the_bench_runs_at_tiny_scale(capsys, monkeypatch):
