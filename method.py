@@ -395,7 +395,7 @@ class Precision:
     def wrap(self, net):
         """net itself for fp32; otherwise a copy run under autocast, its output float32, so that
         what is computed from it (eq. 5, eq. 6) stays float32. The copy's convolution and linear
-        weights are cast once, as autocast would at every call: 2-6 % of a translation."""
+        weights are cast once, as autocast would at every call (most felt at small batches)."""
         if not self.dtype:
             return net
         net = copy.deepcopy(net)
