@@ -9,7 +9,7 @@ fp32 and bf16 autocast, contiguous and channels_last, on one and two threads.
     python tools/bench.py --against f7055b3 --impl ours   # this model.py against an older one
     python -m pip install diffusers    # for the comparison; never a dependency of the project
 
-Every configuration runs once to warm up, then in interleaved rounds (the two networks back to back,
+Every configuration runs once to warm up, then in interleaved rounds (its networks back to back,
 their order alternating), so a machine shared with other jobs slows both alike: the table gives
 medians of images/s and of the per-round ratios. Without diffusers it times this UNet alone;
 --against REV adds the UNet of model.py at git revision REV, or of the model.py file REV (the rest
@@ -18,6 +18,7 @@ tools/gpu_bench.py uses the same pieces on a GPU.
 """
 import argparse
 import copy
+import functools
 import math
 import os
 import platform
@@ -81,6 +82,7 @@ class DiffusersEps(torch.nn.Module):
         return self.net(x, t, class_labels=y, return_dict=False)[0]
 
 
+@functools.cache  # once per run, not once per configuration
 def unet_at(source):
     """The UNet class of model.py at git revision `source`, or of the model.py file at that path,
     loaded as a module of its own."""
@@ -97,14 +99,17 @@ def unet_at(source):
     exec(compile(text, f"model.py@{source}", "exec"), module.__dict__)
     return module.UNet
 
+
 def build(impl, config, layout, device="cpu"):
     """A fresh network: impl "ours" (model.UNet), "ours@REV" (model.py at git revision or file
     REV) or "diffusers", in memory layout `layout`."""
     torch.manual_seed(0)
     if impl == "diffusers":
         net = DiffusersEps(config)
+    elif "@" in impl:
+        net = unet_at(impl.split("@", 1)[1])(config)
     else:
-        net = unet_at(impl.split("@", 1)[1])(config) if "@" in impl else UNet(config)
+        net = UNet(config)
     return net.to(device, memory_format=LAYOUTS[layout])
 
 
@@ -200,6 +205,7 @@ def ratio(times, a, b):
     """Speed of case a over case b (time b / time a) in each round: (median, lowest, highest)."""
     per_round = [tb / ta for ta, tb in zip(times[a], times[b])]
     return statistics.median(per_round), min(per_round), max(per_round)
+
 
 def machine():
     """Processor, bf16 instructions, cores, torch (and diffusers) versions, load."""
