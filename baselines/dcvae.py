@@ -218,7 +218,7 @@ class DCVAE(Autoencoder):
                                   c.in_batch_negatives)
         kl = kl_divergence(mu, logvar).mean()
         adam_step(c.contrastive_weight * nce + c.kl_weight * kl, self.optimizer,
-                    self.optimizer_d)
+                  self.optimizer_d)
         self.enqueue(keys)
         return nce.item()
 

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import method
 
 ROOT = Path(__file__).resolve().parent.parent
 COURSE = ROOT / "course"
@@ -116,9 +119,6 @@ def test_the_course_checkpoint_takes_guidance_and_the_demo_model_refuses_it():
     """Lab 4's part 2: checkpoints/demo.pt never learnt the null label (p_uncond 0) and refuses
     guidance; checkpoints/eps_lat9.pt is the paper's eps-prediction with label dropout, whose
     conditional and null eps differ (guidance scales that difference)."""
-    import torch
-
-    import method
     with pytest.raises(ValueError, match="label dropout"):
         method.load_method(ROOT / "checkpoints" / "demo.pt", guidance=2.0)
     model, ckpt = method.load_method(ROOT / "checkpoints" / "eps_lat9.pt", guidance=2.0)
